@@ -1,0 +1,65 @@
+"""The models under test: one file per method, each registering a builder by name.
+
+Every model follows one interface, so the engine never needs to know which method it trains:
+
+- ``model.train_cues`` / ``model.test_cues``: the cue maps (``"saliency"``, ``"parsing"``, ...) the
+  model needs in training and at test time; only those are loaded;
+- ``model.embedding_dim``: the size of the test-time embedding;
+- ``model(images, cues)``: in training mode a dict of what the method's losses need, in eval mode
+  the embedding, an (N, embedding_dim) tensor;
+- ``model.losses(outputs, pids)``: a dict of weighted loss terms whose sum is the training loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from methods import backbones as backbones  # noqa: F401  (registers the backbones)
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    name: str
+    builder: Callable[..., nn.Module]
+    variants: tuple[str, ...]  # the first is the default
+
+
+_METHODS: dict[str, MethodInfo] = {}
+
+
+def register_method(name: str, *, variants: tuple[str, ...]) -> Callable:
+    """Register a model builder ``f(*, variant, backbone, num_classes, **options)`` under `name`."""
+
+    def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _METHODS:
+            raise ValueError(f"method {name!r} is registered twice")
+        _METHODS[name] = MethodInfo(name, builder, variants)
+        return builder
+
+    return decorate
+
+
+def method_names() -> list[str]:
+    return sorted(_METHODS)
+
+
+def method_variants(name: str) -> tuple[str, ...]:
+    return _METHODS[name].variants
+
+
+def create_model(method: str, *, backbone: str, num_classes: int, variant: str | None = None, **options) -> nn.Module:
+    """Build a registered method. Options left as None are dropped, so defaults live in the builder."""
+    if method not in _METHODS:
+        raise KeyError(f"unknown method {method!r}; registered: {', '.join(method_names())}")
+    info = _METHODS[method]
+    variant = variant or info.variants[0]
+    if variant not in info.variants:
+        raise KeyError(f"method {method!r} has no variant {variant!r}; it has {', '.join(info.variants)}")
+    options = {k: v for k, v in options.items() if v is not None}
+    return info.builder(variant=variant, backbone=backbone, num_classes=num_classes, **options)
+
+
+from methods import baseline as baseline  # noqa: E402,F401  (registers its method)

@@ -1,0 +1,89 @@
+"""Backbones, built from torchvision; each returns its final feature map and says its width.
+
+Pretrained weights are never downloaded as a side effect: they are read from torch's hub cache
+(``$TORCH_HOME/hub/checkpoints``), and a missing file is an error that says where to put it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+
+class MissingWeights(RuntimeError):
+    """Pretrained weights were asked for but are not in the local cache."""
+
+
+class Backbone(nn.Module):
+    """A feature extractor: ``forward(x)`` is the last feature map, ``out_channels`` its width."""
+
+    out_channels: int
+
+
+_BACKBONES: dict[str, Callable[..., Backbone]] = {}
+
+
+def register_backbone(name: str) -> Callable:
+    def decorate(builder: Callable[..., Backbone]) -> Callable[..., Backbone]:
+        _BACKBONES[name] = builder
+        return builder
+
+    return decorate
+
+
+def backbone_names() -> list[str]:
+    return sorted(_BACKBONES)
+
+
+def create_backbone(name: str, *, pretrained: bool = False, last_stride: int = 1) -> Backbone:
+    if name not in _BACKBONES:
+        raise KeyError(f"unknown backbone {name!r}; registered: {', '.join(backbone_names())}")
+    return _BACKBONES[name](pretrained=pretrained, last_stride=last_stride)
+
+
+class _TorchvisionResNet(Backbone):
+    def __init__(self, net: torchvision.models.ResNet, last_stride: int):
+        super().__init__()
+        if last_stride not in (1, 2):
+            raise ValueError(f"last_stride must be 1 or 2, not {last_stride}")
+        block = net.layer4[0]
+        strided = block.conv2 if isinstance(block, torchvision.models.resnet.Bottleneck) else block.conv1
+        strided.stride = block.downsample[0].stride = (last_stride, last_stride)
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.out_channels = net.fc.in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+
+
+def _torchvision_weights(weights: torchvision.models.WeightsEnum, name: str) -> dict:
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if not cached.is_file():
+        raise MissingWeights(
+            f"ImageNet weights for {name} are not cached: expected {cached}. Download {weights.url} "
+            f"on a machine with internet into that folder (compute nodes are often offline), "
+            f"or set pretrained = false in the spec's [train] table."
+        )
+    return torch.load(cached, map_location="cpu", weights_only=True)
+
+
+@register_backbone("resnet50")
+def resnet50(*, pretrained: bool, last_stride: int) -> Backbone:
+    net = torchvision.models.resnet50()
+    if pretrained:
+        net.load_state_dict(_torchvision_weights(torchvision.models.ResNet50_Weights.IMAGENET1K_V1, "resnet50"))
+    return _TorchvisionResNet(net, last_stride)
+
+
+@register_backbone("resnet18")
+def resnet18(*, pretrained: bool, last_stride: int) -> Backbone:
+    """A small backbone for quick tests and CPU smoke runs."""
+    net = torchvision.models.resnet18()
+    if pretrained:
+        net.load_state_dict(_torchvision_weights(torchvision.models.ResNet18_Weights.IMAGENET1K_V1, "resnet18"))
+    return _TorchvisionResNet(net, last_stride)

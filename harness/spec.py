@@ -1,0 +1,414 @@
+"""Grid specs: a TOML file parsed once into frozen dataclasses and expanded into cells.
+
+A spec names lists of methods, backbones, training datasets and seeds; their product is the
+grid, one cell per combination. A cell's id is a short hash of its resolved configuration, so the
+same experiment has the same id in every spec that contains it, whatever the key order or whether
+defaults are spelled out. How a cell is run (executor, world size, device) is not part of its id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from harness.errors import UserError, closest
+
+ID_VERSION = 1  # bump when the meaning of a resolved configuration changes
+# Settings that change how fast a cell runs or how much it logs, not what it computes.
+_NOT_IDENTITY = frozenset({"num_workers", "eval_batch_size", "log_every"})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training recipe of a cell. Schedule lengths are in `iterations` or in `epochs`."""
+
+    input_size: tuple[int, int] = (256, 128)  # height, width
+    iterations: int | None = None
+    epochs: int | None = None
+    ids_per_batch: int = 16  # P identities ...
+    images_per_id: int = 4  # ... times K images make one global batch
+    optimizer: str = "adam"
+    lr: float = 3.5e-4
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    warmup: int = 10  # linear warm-up length, in the schedule's unit
+    warmup_factor: float = 0.01  # the warm-up starts at lr * warmup_factor
+    milestones: tuple[int, ...] = (40, 70)  # lr *= gamma at each, in the schedule's unit
+    gamma: float = 0.1
+    label_smoothing: float = 0.1
+    triplet_margin: float = 0.3
+    pretrained: bool = True
+    last_stride: int = 1
+    flip: float = 0.5
+    padding: int = 10
+    random_erasing: float = 0.5
+    num_workers: int = 4
+    eval_batch_size: int = 128
+    log_every: int = 20
+
+    def __post_init__(self) -> None:
+        if self.iterations is None and self.epochs is None:
+            object.__setattr__(self, "epochs", 120)
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """Where a dataset is. No root means the synthetic stand-in in the same layout."""
+
+    name: str
+    root: str | None = None
+
+    @property
+    def synthetic(self) -> bool:
+        return self.root is None
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Size and seed of the generated stand-in datasets."""
+
+    ids: int = 48
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Resources:
+    """How each cell runs; not part of a cell's identity."""
+
+    world_size: int = 1  # DDP processes per cell
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (method, variant, backbone, training dataset, seed) experiment and what it is tested on."""
+
+    grid: str
+    method: str
+    variant: str
+    backbone: str
+    train_dataset: str
+    test_datasets: tuple[str, ...]
+    seed: int
+    train: TrainConfig
+    datasets: tuple[DatasetConfig, ...]
+    synthetic: SyntheticConfig
+
+    def dataset(self, name: str) -> DatasetConfig:
+        return next(d for d in self.datasets if d.name == name)
+
+    def identity(self) -> dict[str, Any]:
+        """The resolved configuration that defines the experiment (and so its id)."""
+        uses_synthetic = any(d.synthetic for d in self.datasets)
+        return {
+            "id_version": ID_VERSION,
+            "method": self.method,
+            "variant": self.variant,
+            "backbone": self.backbone,
+            "train_dataset": self.train_dataset,
+            "test_datasets": sorted(self.test_datasets),
+            "seed": self.seed,
+            "train": {k: v for k, v in dataclasses.asdict(self.train).items() if k not in _NOT_IDENTITY},
+            # Where a real dataset lies is not part of the experiment; whether it is synthetic is.
+            "synthetic_datasets": sorted(d.name for d in self.datasets if d.synthetic),
+            "synthetic": dataclasses.asdict(self.synthetic) if uses_synthetic else None,
+        }
+
+    @property
+    def id(self) -> str:
+        canonical = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Cell:
+        raw = json.loads(text)
+        return cls(
+            **{
+                **raw,
+                "test_datasets": tuple(raw["test_datasets"]),
+                "train": _coerce_dataclass(TrainConfig, raw["train"]),
+                "datasets": tuple(DatasetConfig(**d) for d in raw["datasets"]),
+                "synthetic": SyntheticConfig(**raw["synthetic"]),
+            }
+        )
+
+
+@dataclass(frozen=True)
+class Spec:
+    path: Path
+    name: str
+    cells: tuple[Cell, ...]
+    resources: Resources = field(default_factory=Resources)
+
+
+_GRID_KEYS = ("name", "methods", "backbones", "train_datasets", "test_datasets", "seeds")
+_TOP_TABLES = ("grid", "train", "resources", "synthetic", "datasets")
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Parse and validate a spec file; every problem is a UserError naming the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise UserError(f"Cannot read spec {path}: {err.strerror}.") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise UserError(f"{path} is not valid TOML: {err}.") from None
+    return _SpecParser(path, text, raw).parse()
+
+
+class _SpecParser:
+    def __init__(self, path: Path, text: str, raw: dict[str, Any]):
+        self.path, self.lines, self.raw = path, text.splitlines(), raw
+
+    def parse(self) -> Spec:
+        self._check_keys(self.raw, _TOP_TABLES, table="")
+        for name in _TOP_TABLES:
+            if name in self.raw and not isinstance(self.raw[name], dict):
+                self._fail(f"'{name}' must be a table ([{name}])", table="", key=name)
+        grid = self.raw.get("grid")
+        if grid is None:
+            self._fail("the spec has no [grid] table; it needs at least methods, backbones and train_datasets", table="")
+        self._check_keys(grid, _GRID_KEYS, table="grid")
+        name = self._value(grid, "grid", "name", str, default=self.path.stem)
+        methods = self._names(grid, "methods", required=True)
+        backbones = self._names(grid, "backbones", required=True)
+        train_sets = self._names(grid, "train_datasets", required=True)
+        test_sets = self._names(grid, "test_datasets", required=False)
+        seeds = self._value(grid, "grid", "seeds", list, default=[0])
+        if not seeds or not all(type(s) is int for s in seeds):
+            self._fail("seeds must be a non-empty list of integers", table="grid", key="seeds")
+
+        method_variants = [self._method(entry) for entry in methods]
+        for backbone in backbones:
+            self._check_name(backbone, _backbone_names(), "backbone", table="grid", key="backbones")
+        dataset_names = _dataset_names()
+        for dataset in dict.fromkeys(train_sets + test_sets):
+            key = "train_datasets" if dataset in train_sets else "test_datasets"
+            self._check_name(dataset, dataset_names, "dataset", table="grid", key=key)
+
+        train = self._dataclass(TrainConfig, "train")
+        self._check_train(train)
+        resources = self._dataclass(Resources, "resources")
+        self._check_resources(resources)
+        synthetic = self._dataclass(SyntheticConfig, "synthetic")
+        datasets = self._datasets(dataset_names)
+
+        cells = []
+        for (method, variant), backbone, train_set, seed in itertools.product(
+            method_variants, backbones, train_sets, seeds
+        ):
+            tests = tuple(test_sets) if test_sets else (train_set,)
+            used = dict.fromkeys((train_set, *tests))
+            cells.append(
+                Cell(
+                    grid=name,
+                    method=method,
+                    variant=variant,
+                    backbone=backbone,
+                    train_dataset=train_set,
+                    test_datasets=tests,
+                    seed=seed,
+                    train=train,
+                    datasets=tuple(datasets.get(d, DatasetConfig(d)) for d in used),
+                    synthetic=synthetic,
+                )
+            )
+        seen: dict[str, Cell] = {}
+        for cell in cells:
+            if cell.id in seen:
+                self._fail(f"the grid lists the same cell twice ({cell.method}:{cell.variant}, {cell.backbone}, "
+                           f"{cell.train_dataset}, seed {cell.seed}); remove the repeated name or seed", table="grid")
+            seen[cell.id] = cell
+        return Spec(path=self.path, name=name, cells=tuple(cells), resources=resources)
+
+    # -- pieces ---------------------------------------------------------------------------------
+
+    def _method(self, entry: str) -> tuple[str, str]:
+        from methods import method_names, method_variants
+
+        method, _, variant = entry.partition(":")
+        self._check_name(method, method_names(), "method", table="grid", key="methods", value=entry)
+        variants = method_variants(method)
+        if not variant:
+            return method, variants[0]
+        if variant not in variants:
+            self._fail(
+                f"method {method!r} has no variant {variant!r}; {closest(variant, variants)}",
+                table="grid",
+                key="methods",
+                value=entry,
+            )
+        return method, variant
+
+    def _datasets(self, valid: list[str]) -> dict[str, DatasetConfig]:
+        out = {}
+        for name, table in self.raw.get("datasets", {}).items():
+            self._check_name(name, valid, "dataset", table="datasets", key=name)
+            if not isinstance(table, dict):
+                self._fail(f"[datasets.{name}] must be a table", table="datasets", key=name)
+            config = self._dataclass(DatasetConfig, f"datasets.{name}", extra={"name": name}, raw=table)
+            if config.root is not None:
+                root = Path(config.root).expanduser()
+                if not root.is_absolute():
+                    root = (self.path.parent / root).resolve()
+                config = dataclasses.replace(config, root=str(root))
+            out[name] = config
+        return out
+
+    def _check_train(self, t: TrainConfig) -> None:
+        if t.iterations is not None and "epochs" in self.raw.get("train", {}):
+            self._fail("give either iterations or epochs, not both", table="train", key="epochs")
+        positive = ["ids_per_batch", "images_per_id", "eval_batch_size", "log_every"]
+        for key in positive:
+            if getattr(t, key) < 1:
+                self._fail(f"{key} must be at least 1", table="train", key=key)
+        for key in ("iterations", "epochs", "warmup", "num_workers"):
+            value = getattr(t, key)
+            if value is not None and value < 0:
+                self._fail(f"{key} must not be negative", table="train", key=key)
+        if len(t.input_size) != 2 or min(t.input_size) < 16:
+            self._fail("input_size must be [height, width], each at least 16 pixels", table="train", key="input_size")
+        if t.optimizer not in ("adam", "sgd"):
+            self._fail(f"unknown optimizer {t.optimizer!r}; {closest(t.optimizer, ['adam', 'sgd'])}", table="train", key="optimizer")
+        if list(t.milestones) != sorted(t.milestones):
+            self._fail("milestones must be increasing", table="train", key="milestones")
+        for key in ("flip", "random_erasing", "label_smoothing"):
+            if not 0.0 <= getattr(t, key) <= 1.0:
+                self._fail(f"{key} must be between 0 and 1", table="train", key=key)
+
+    def _check_resources(self, r: Resources) -> None:
+        if r.world_size < 1:
+            self._fail("world_size must be at least 1", table="resources", key="world_size")
+        if r.device not in ("auto", "cpu", "cuda"):
+            self._fail(f"unknown device {r.device!r}; {closest(r.device, ['auto', 'cpu', 'cuda'])}", table="resources", key="device")
+
+    def _names(self, table: dict, key: str, *, required: bool) -> list[str]:
+        if key not in table:
+            if required:
+                self._fail(f"[grid] needs {key} = [...]", table="grid")
+            return []
+        value = table[key]
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+            self._fail(f"{key} must be a non-empty list of names", table="grid", key=key)
+        return value
+
+    def _dataclass(self, cls: type, table: str, *, extra: dict | None = None, raw: dict | None = None) -> Any:
+        raw = self.raw.get(table, {}) if raw is None else raw
+        names = [f.name for f in fields(cls) if f.name not in (extra or {})]
+        self._check_keys(raw, names, table=table)
+        try:
+            return _coerce_dataclass(cls, {**raw, **(extra or {})})
+        except _BadValue as bad:
+            self._fail(str(bad), table=table, key=bad.key)
+
+    def _value(self, table: dict, table_name: str, key: str, kind: type, default: Any) -> Any:
+        if key not in table:
+            return default
+        if not isinstance(table[key], kind):
+            self._fail(f"{key} must be a {kind.__name__}", table=table_name, key=key)
+        return table[key]
+
+    def _check_keys(self, raw: dict, valid: tuple[str, ...] | list[str], *, table: str) -> None:
+        for key in raw:
+            if key not in valid:
+                where = f"[{table}]" if table else "the top level"
+                self._fail(f"unknown key {key!r} in {where}; {closest(key, valid)}", table=table, key=key)
+
+    def _check_name(self, name: str, valid: list[str], kind: str, *, table: str, key: str, value: str | None = None) -> None:
+        if name not in valid:
+            self._fail(f"unknown {kind} {name!r}; {closest(name, valid)}", table=table, key=key, value=value or name)
+
+    def _fail(self, message: str, *, table: str, key: str | None = None, value: str | None = None) -> None:
+        line = _locate(self.lines, table, key, value)
+        where = f"{self.path}, line {line}" if line else str(self.path)
+        raise UserError(f"{where}: {message}")
+
+
+class _BadValue(ValueError):
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+def _coerce_dataclass(cls: type, raw: dict[str, Any]) -> Any:
+    """Build a config dataclass from TOML values, checking each value against its field's type."""
+    hints = get_type_hints(cls)
+    return cls(**{key: _coerce(key, value, hints[key]) for key, value in raw.items()})
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    text = str(hint)
+    if value is None and "None" in text:
+        return None
+    if text.startswith("tuple"):
+        inner = float if "float" in text else int
+        if not isinstance(value, (list, tuple)):
+            raise _BadValue(key, f"{key} must be a list of {inner.__name__}s")
+        return tuple(_coerce(key, v, inner) for v in value)
+    if hint is bool:
+        if type(value) is not bool:
+            raise _BadValue(key, f"{key} must be true or false")
+        return value
+    if "float" in text and type(value) in (int, float):
+        return float(value)
+    if "int" in text and type(value) is int:
+        return value
+    if "str" in text and isinstance(value, str):
+        return value
+    wanted = {"float": "a number", "int": "an integer", "str": "a string"}
+    kind = next((v for k, v in wanted.items() if k in text), text)
+    raise _BadValue(key, f"{key} must be {kind}, not {value!r}")
+
+
+def _locate(lines: list[str], table: str, key: str | None, value: str | None) -> int | None:
+    """The 1-based line of `key` (or of `value` inside key's array) in `table`, for error messages.
+
+    tomllib reports no positions for valid TOML, so this scans the text: enough for the flat
+    tables a spec uses.
+    """
+    header = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+    current, table_line, key_line = "", None, None
+    for number, line in enumerate(lines, start=1):
+        match = header.match(line)
+        if match:
+            current = match.group(1).replace('"', "").replace(" ", "")
+            if current == table and key is None:
+                return number
+            if key_line is not None:
+                break
+            if table and current == f"{table}.{key}":
+                return number
+            continue
+        if current != table:
+            continue
+        table_line = table_line or number
+        if key is not None and key_line is None and re.match(rf'^\s*"?{re.escape(key)}"?\s*=', line):
+            key_line = number
+        if key_line is not None and value is not None and (f'"{value}"' in line or f"'{value}'" in line):
+            return number
+    return key_line or table_line
+
+
+def _backbone_names() -> list[str]:
+    from methods.backbones import backbone_names
+
+    return backbone_names()
+
+
+def _dataset_names() -> list[str]:
+    from harness.data import dataset_names
+
+    return dataset_names()

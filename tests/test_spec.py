@@ -1,0 +1,172 @@
+"""Spec parsing, grid expansion, cell ids and the errors a bad spec gives."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+from harness.errors import UserError
+from harness.spec import load_spec
+
+REPO = Path(__file__).resolve().parent.parent
+
+BASE = """
+[grid]
+name = "t"
+methods = ["baseline"]
+backbones = ["resnet50"]
+train_datasets = ["market1501"]
+seeds = [0]
+
+[train]
+iterations = 10
+lr = 3.5e-4
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "spec.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def only_id(tmp_path: Path, text: str, name: str = "spec.toml") -> str:
+    (cell,) = load_spec(write(tmp_path, text, name)).cells
+    return cell.id
+
+
+def test_smoke_spec_is_one_baseline_cell_on_synthetic_market():
+    spec = load_spec(REPO / "jobs" / "smoke.toml")
+    (cell,) = spec.cells
+    assert (cell.method, cell.variant, cell.backbone, cell.train_dataset) == ("baseline", "bnneck", "resnet50", "market1501")
+    assert cell.test_datasets == ("market1501",)
+    assert cell.dataset("market1501").synthetic
+    assert spec.resources.world_size == 2 and spec.resources.device == "cpu"
+    assert cell.train.iterations is not None and cell.train.iterations <= 500
+
+
+def test_grid_is_the_product_of_its_lists(tmp_path):
+    spec = load_spec(write(tmp_path, BASE.replace('["resnet50"]', '["resnet50", "resnet18"]').replace("[0]", "[0, 1, 2]")))
+    assert len(spec.cells) == 6
+    assert len({c.id for c in spec.cells}) == 6
+    assert {(c.backbone, c.seed) for c in spec.cells} == {(b, s) for b in ("resnet50", "resnet18") for s in (0, 1, 2)}
+
+
+def test_test_datasets_default_to_the_training_set_and_can_be_listed(tmp_path):
+    (cell,) = load_spec(write(tmp_path, BASE.replace("seeds = [0]", 'seeds = [0]\ntest_datasets = ["market1501"]'))).cells
+    assert cell.test_datasets == ("market1501",)
+
+
+def test_id_ignores_key_order_spelled_out_defaults_and_number_spelling(tmp_path):
+    reference = only_id(tmp_path, BASE)
+    reordered = """
+    [train]
+    lr = 0.00035
+    iterations = 10
+
+    [grid]
+    seeds = [0]
+    train_datasets = ["market1501"]
+    backbones = ["resnet50"]
+    methods = ["baseline:bnneck"]
+    name = "another-grid-name"
+    """
+    assert only_id(tmp_path, reordered, "b.toml") == reference
+    spelled = BASE + "weight_decay = 5e-4\nmilestones = [40, 70]\nlabel_smoothing = 0.1\npretrained = true\n"
+    assert only_id(tmp_path, spelled, "c.toml") == reference
+    how_not_what = BASE + "num_workers = 7\nlog_every = 3\n[resources]\nworld_size = 4\n"
+    assert only_id(tmp_path, how_not_what, "d.toml") == reference
+
+
+def test_default_epochs_equal_spelled_out_epochs(tmp_path):
+    implicit = BASE.replace("iterations = 10\n", "")
+    assert only_id(tmp_path, implicit) == only_id(tmp_path, implicit.replace("[train]", "[train]\nepochs = 120"), "b.toml")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [("seeds = [0]", "seeds = [1]"), ("lr = 3.5e-4", "lr = 3.6e-4"), ('"resnet50"', '"resnet18"'), ("iterations = 10", "iterations = 11")],
+)
+def test_id_changes_with_the_experiment(tmp_path, change):
+    assert only_id(tmp_path, BASE) != only_id(tmp_path, BASE.replace(*change), "b.toml")
+
+
+def test_real_dataset_root_is_resolved_against_the_spec_folder_and_changes_the_id(tmp_path):
+    spec = load_spec(write(tmp_path, BASE + '\n[datasets.market1501]\nroot = "data"\n'))
+    (cell,) = spec.cells
+    assert cell.dataset("market1501").root == str((tmp_path / "data").resolve())
+    assert not cell.dataset("market1501").synthetic
+    assert cell.id != only_id(tmp_path, BASE, "synthetic.toml")
+
+
+def test_cell_round_trips_through_json(tmp_path):
+    (cell,) = load_spec(write(tmp_path, BASE)).cells
+    again = type(cell).from_json(cell.to_json())
+    assert again == cell and again.id == cell.id
+
+
+def error_of(tmp_path: Path, text: str) -> str:
+    with pytest.raises(UserError) as info:
+        load_spec(write(tmp_path, text))
+    return str(info.value)
+
+
+def test_unknown_method_names_line_and_closest_names(tmp_path):
+    message = error_of(tmp_path, BASE.replace('["baseline"]', '["baselin"]'))
+    assert "unknown method 'baselin'" in message
+    assert "line 4" in message and "did you mean 'baseline'" in message
+
+
+def test_unknown_backbone_in_a_multiline_list_points_at_its_line(tmp_path):
+    text = BASE.replace('backbones = ["resnet50"]', 'backbones = [\n  "resnet50",\n  "resnet5O",\n]')
+    message = error_of(tmp_path, text)
+    assert "unknown backbone 'resnet5O'" in message and "line 7" in message and "'resnet50'" in message
+
+
+def test_unknown_dataset_and_variant(tmp_path):
+    assert "unknown dataset 'market'" in error_of(tmp_path, BASE.replace('["market1501"]', '["market"]'))
+    message = error_of(tmp_path, BASE.replace('["baseline"]', '["baseline:fancy"]'))
+    assert "no variant 'fancy'" in message and "bnneck" in message
+
+
+def test_unknown_key_is_an_error_with_its_line(tmp_path):
+    message = error_of(tmp_path, BASE + "learning_rate = 0.1\n")
+    assert "unknown key 'learning_rate' in [train]" in message and "line 12" in message
+    assert "unknown key 'seed' in [grid]" in error_of(tmp_path, BASE.replace("seeds =", "seed ="))
+    assert "unknown key 'trian'" in error_of(tmp_path, BASE + "[trian]\nlr = 1\n")
+
+
+def test_wrong_types_and_values(tmp_path):
+    assert "lr must be a number" in error_of(tmp_path, BASE.replace("lr = 3.5e-4", 'lr = "fast"'))
+    assert "pretrained must be true or false" in error_of(tmp_path, BASE + "pretrained = 1\n")
+    assert "either iterations or epochs" in error_of(tmp_path, BASE + "epochs = 3\n")
+    assert "world_size must be at least 1" in error_of(tmp_path, BASE + "[resources]\nworld_size = 0\n")
+    assert "same cell twice" in error_of(tmp_path, BASE.replace("seeds = [0]", "seeds = [0, 0]"))
+    assert "no [grid] table" in error_of(tmp_path, "[train]\nlr = 1.0\n")
+
+
+def test_invalid_toml_and_missing_file(tmp_path):
+    assert "is not valid TOML" in error_of(tmp_path, "[grid\nmethods = 1")
+    with pytest.raises(UserError, match="Cannot read spec"):
+        load_spec(tmp_path / "nope.toml")
+
+
+def test_cli_user_error_exits_2_with_one_paragraph_and_no_traceback(tmp_path, capsys):
+    spec = write(tmp_path, BASE.replace('["baseline"]', '["baselin"]'))
+    assert main(["run", str(spec), "--store", str(tmp_path / "store")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("reidbench: error:") and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_installed_command_exits_2_without_traceback(tmp_path):
+    spec = write(tmp_path, BASE + "batch = 3\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "status", str(spec)], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert done.returncode == 2, done.stderr
+    assert "unknown key 'batch' in [train]" in done.stderr and "Traceback" not in done.stderr

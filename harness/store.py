@@ -1,0 +1,162 @@
+"""The result store: one Parquet file per result row, plus a small state file per cell.
+
+Layout under the store's root (``results/`` by default):
+
+    rows/<cell id>/<test dataset>.<plain|rerank>.parquet   one row each
+    cells/<cell id>/state.json                            running, done or failed (with the reason)
+    cells/<cell id>/logs/                                 the processes' logs
+
+A row's file name is its identity, so writing it again replaces it: a result is never duplicated.
+Each file is written under a temporary name and renamed, so a crash never leaves a half row that
+a reader takes for a whole one; the reader skips such leftovers and reports them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = 1
+
+SCHEMA = pa.schema(
+    [
+        # identity
+        ("schema_version", pa.int32()),
+        ("grid", pa.string()),
+        ("cell_id", pa.string()),
+        ("method", pa.string()),
+        ("variant", pa.string()),
+        ("backbone", pa.string()),
+        ("train_dataset", pa.string()),
+        ("test_dataset", pa.string()),
+        ("synthetic", pa.bool_()),
+        ("seed", pa.int64()),
+        ("rerank", pa.bool_()),
+        ("protocol", pa.string()),
+        # metrics, as fractions in [0, 1]
+        ("mAP", pa.float64()),
+        ("mINP", pa.float64()),
+        ("rank1", pa.float64()),
+        ("rank5", pa.float64()),
+        ("rank10", pa.float64()),
+        ("cmc", pa.list_(pa.float64())),
+        ("num_query", pa.int64()),
+        ("num_gallery", pa.int64()),
+        ("num_valid_queries", pa.int64()),
+        # training and evaluation figures
+        ("iterations", pa.int64()),
+        ("train_seconds", pa.float64()),
+        ("train_images_per_second", pa.float64()),  # null when the cell trains no step
+        ("eval_seconds", pa.float64()),
+        # provenance
+        ("git_sha", pa.string()),
+        ("git_dirty", pa.bool_()),
+        ("reidbench_version", pa.string()),
+        ("torch_version", pa.string()),
+        ("cuda_version", pa.string()),
+        ("hostname", pa.string()),
+        ("device", pa.string()),
+        ("world_size", pa.int32()),
+        ("executor", pa.string()),
+        ("started_at", pa.timestamp("s", tz="UTC")),
+        ("finished_at", pa.timestamp("s", tz="UTC")),
+        ("config", pa.string()),
+    ]
+)
+
+
+@dataclass
+class StoreContents:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # files that were skipped, and why
+
+
+class Store:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    # -- rows -----------------------------------------------------------------------------------
+
+    def row_path(self, cell_id: str, test_dataset: str, rerank: bool) -> Path:
+        return self.root / "rows" / cell_id / f"{test_dataset}.{'rerank' if rerank else 'plain'}.parquet"
+
+    def has_row(self, cell_id: str, test_dataset: str, rerank: bool) -> bool:
+        return self.row_path(cell_id, test_dataset, rerank).is_file()
+
+    def write_row(self, row: dict[str, Any]) -> Path:
+        """Write one result row atomically; the same identity overwrites, never duplicates."""
+        missing, extra = set(SCHEMA.names) - set(row), set(row) - set(SCHEMA.names)
+        if missing or extra:
+            raise ValueError(f"result row does not match the schema: missing {sorted(missing)}, unknown {sorted(extra)}")
+        table = pa.Table.from_pylist([row], schema=SCHEMA)
+        path = self.row_path(row["cell_id"], row["test_dataset"], row["rerank"])
+        _atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+        return path
+
+    def read(self) -> StoreContents:
+        """Every complete row, and a note for each file that was skipped."""
+        contents = StoreContents()
+        rows_dir = self.root / "rows"
+        if not rows_dir.is_dir():
+            return contents
+        for path in sorted(rows_dir.glob("*/*")):
+            if path.name.startswith("."):
+                contents.problems.append(f"{path}: partial write left by an interrupted run (ignored)")
+                continue
+            if path.suffix != ".parquet":
+                continue
+            try:
+                table = pq.read_table(path)
+            except (pa.ArrowException, OSError) as err:
+                contents.problems.append(f"{path}: unreadable, probably truncated (ignored): {err}")
+                continue
+            versions = set(table.column("schema_version").to_pylist()) if "schema_version" in table.column_names else {None}
+            if versions != {SCHEMA_VERSION}:
+                contents.problems.append(
+                    f"{path}: schema version {sorted(versions, key=str)} is not {SCHEMA_VERSION}, the one this "
+                    f"reidbench reads (ignored); read it with the reidbench version that wrote it"
+                )
+                continue
+            contents.rows.extend(table.to_pylist())
+        return contents
+
+    # -- cell state -----------------------------------------------------------------------------
+
+    def cell_dir(self, cell_id: str) -> Path:
+        return self.root / "cells" / cell_id
+
+    def write_state(self, cell_id: str, state: str, **details: Any) -> None:
+        """Record a cell's state ('running', 'done' or 'failed', with e.g. a reason)."""
+        record = {"cell_id": cell_id, "state": state, **details}
+        text = json.dumps(record, indent=2, sort_keys=True, default=str)
+        _atomic_write(self.cell_dir(cell_id) / "state.json", lambda tmp: Path(tmp).write_text(text))
+
+    def read_state(self, cell_id: str) -> dict[str, Any] | None:
+        path = self.cell_dir(cell_id) / "state.json"
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, json.JSONDecodeError):
+            return {"cell_id": cell_id, "state": "unknown", "reason": f"unreadable state file {path}"}
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as written:
+            os.fsync(written.fileno())  # the bytes reach the disk before the name points at them
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

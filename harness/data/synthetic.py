@@ -1,0 +1,382 @@
+"""Synthetic Market-1501 stand-in, so the pipeline can be tested end to end offline and fast.
+
+Layout written (Market-1501's own): ``<root>/Market-1501-v15.09.15/{bounding_box_train,query,
+bounding_box_test}/PPPP_cCsS_FFFFFF_BB.jpg`` -- pid 0001..1501, camera 1..6, sequence 1..6, frame,
+box index; 64x128 JPEG. Half the ids train, half test; for each (test id, camera) one image is the
+query and the rest go to the gallery, which also holds distractors (pid 0000) and junk (pid -1).
+
+Generative model: each identity draws an outfit from its own RNG out of small shared palettes (upper
+colour + pattern, sleeves, lower garment colour/length, shoes, skin, hair colour/length, bag/backpack/
+hat), so persons share attributes and no single colour identifies them. Each of the 6 cameras has its
+own illumination (gain, colour cast), background (wall texture, poles, ground line), preferred
+viewpoint (front/back/side) and sharpness; each image adds scale/offset/pose jitter, noise and
+occasional occlusion. The renderer labels every pixel with a body part (``_PARTS``). All randomness
+comes from ``numpy.random.default_rng((seed, stream, ...))``, so output is byte-identical per seed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+_H, _W = 128, 64
+_ROOT_NAME = "Market-1501-v15.09.15"
+_PARTS = ("background", "head", "upper", "arms", "lower", "shoes", "object")
+_BG, _HEAD, _UPPER, _ARMS, _LOWER, _SHOES, _OBJECT = range(len(_PARTS))
+_CLOTHES = ((22, 22, 24), (232, 232, 226), (128, 128, 128), (32, 42, 92), (52, 92, 178), (178, 32, 36),
+            (42, 118, 62), (188, 168, 118), (110, 72, 42), (218, 188, 42), (218, 132, 160), (110, 62, 138),
+            (228, 120, 32), (72, 160, 170))
+_LOWER_COLOURS = tuple(_CLOTHES[i] for i in (0, 1, 2, 3, 4, 7, 8))
+_SHOE_COLOURS = ((16, 16, 16), (238, 238, 238), (100, 62, 32), (120, 120, 120), (168, 32, 32))
+_SKIN_TONES = ((248, 214, 186), (224, 180, 142), (190, 140, 102), (140, 96, 66), (96, 66, 46))
+_HAIR_COLOURS = ((16, 12, 10), (62, 40, 26), (122, 82, 42), (210, 180, 112), (164, 164, 164))
+_JPEG_QUALITY = 90
+
+
+@dataclass(frozen=True)
+class _Person:
+    """One identity's fixed appearance; everything a camera could see of them."""
+    upper: np.ndarray
+    upper2: np.ndarray
+    pattern: str
+    period: int
+    long_sleeves: bool
+    lower: np.ndarray
+    lower_kind: str
+    shoes: np.ndarray
+    skin: np.ndarray
+    hair: np.ndarray
+    long_hair: bool
+    carry: str
+    carry_colour: np.ndarray
+    carry_side: int
+    build: float
+    height: float
+
+
+@dataclass(frozen=True)
+class _Camera:
+    """Scene and sensor of one camera: what stays constant across the persons it sees."""
+    wall: np.ndarray
+    ground: np.ndarray
+    ground_y: float
+    texture: str
+    poles: tuple[float, ...]
+    pole_colour: np.ndarray
+    gain: float
+    cast: np.ndarray
+    view_p: np.ndarray
+    soft: bool
+    noise: float
+
+
+@dataclass(frozen=True)
+class _Shot:
+    """Per-image framing and pose, so no two images of a person are pixel-equal."""
+    view: str
+    facing: int
+    scale: float
+    dx: float
+    dy: float
+    spread: float
+    swing: float
+
+
+def _pick(rng: np.random.Generator, palette: tuple, tint: float = 10.0) -> np.ndarray:
+    """Shared palette entry plus a small personal tint: many persons share a colour, few match it exactly."""
+    colour = np.array(palette[rng.integers(len(palette))], np.float32)
+    return np.clip(colour + rng.normal(0.0, tint, 3), 0, 255).astype(np.float32)
+
+
+def _make_person(rng: np.random.Generator) -> _Person:
+    """Draw an outfit; attributes are independent, so combinations (not single colours) identify people."""
+    return _Person(
+        upper=_pick(rng, _CLOTHES), upper2=_pick(rng, _CLOTHES),
+        pattern=("plain", "hstripes", "vstripes", "checks", "logo")[rng.integers(5)],
+        period=int(rng.integers(3, 7)), long_sleeves=bool(rng.random() < 0.5),
+        lower=_pick(rng, _LOWER_COLOURS), lower_kind=("trousers", "trousers", "shorts", "skirt")[rng.integers(4)],
+        shoes=_pick(rng, _SHOE_COLOURS), skin=_pick(rng, _SKIN_TONES, 5.0), hair=_pick(rng, _HAIR_COLOURS),
+        long_hair=bool(rng.random() < 0.35), carry=("none", "none", "bag", "backpack", "hat")[rng.integers(5)],
+        carry_colour=_pick(rng, _CLOTHES), carry_side=int(rng.choice((-1, 1))),
+        build=float(rng.uniform(0.85, 1.15)), height=float(rng.uniform(0.9, 1.04)))
+
+
+def _muted(rng: np.random.Generator, low: float, high: float, tint: float) -> np.ndarray:
+    """Greyish scene colour with a slight tint: real backgrounds are dull, so the person dominates the crop."""
+    return np.clip(rng.uniform(low, high) + rng.normal(0, tint, 3), 0, 255).astype(np.float32)
+
+
+def _make_camera(rng: np.random.Generator) -> _Camera:
+    """Draw a camera whose scene and colour response differ from the others (the cross-camera gap)."""
+    view_p = np.full(3, 0.15)
+    view_p[rng.integers(3)] = 0.7
+    return _Camera(
+        wall=_muted(rng, 70, 190, 16), ground=_muted(rng, 50, 150, 10),
+        ground_y=float(rng.uniform(0.8, 0.95)), texture=("flat", "tiles", "blotch")[rng.integers(3)],
+        poles=tuple(float(x) for x in rng.uniform(0, _W, rng.integers(0, 3))),
+        pole_colour=_muted(rng, 30, 200, 20), gain=float(rng.uniform(0.75, 1.25)),
+        cast=np.clip(1 + rng.normal(0, 0.08, 3), 0.8, 1.2).astype(np.float32), view_p=view_p,
+        soft=bool(rng.random() < 0.33), noise=float(rng.uniform(2, 7)))
+
+
+def _make_shot(rng: np.random.Generator, view: str, facing: int, scale: float = 1.0, dx: float = 0.0,
+               dy: float = 0.0) -> _Shot:
+    """Jitter framing and pose around a tracklet's viewpoint, like successive detector boxes."""
+    return _Shot(view, facing, scale * rng.uniform(0.84, 1.02), dx + rng.uniform(-4, 4), dy + rng.uniform(-4, 4),
+                 rng.uniform(0, 1), rng.uniform(-1, 1))
+
+
+@dataclass(frozen=True)
+class _Body:
+    """Pixel geometry of one figure in one shot, shared by the part painters."""
+    top: float
+    tall: float
+    cx: float
+    half: float
+    r_arm: float
+    side: bool
+    facing: int
+
+    def y(self, frac: float) -> float:
+        return self.top + frac * self.tall
+
+
+@dataclass(frozen=True)
+class _Canvas:
+    """Image, part labels and pixel grid drawn together, so every painted pixel records its body part."""
+    img: np.ndarray
+    lab: np.ndarray
+    yy: np.ndarray
+    xx: np.ndarray
+
+    def paint(self, mask: np.ndarray, colour: np.ndarray, part: int) -> None:
+        self.img[mask] = colour
+        self.lab[mask] = part
+
+    def ellipse(self, cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
+        return ((self.yy - cy) / ry) ** 2 + ((self.xx - cx) / rx) ** 2 <= 1
+
+    def rect(self, y0: float, y1: float, x0: float, x1: float) -> np.ndarray:
+        return (self.yy >= y0) & (self.yy < y1) & (self.xx >= min(x0, x1)) & (self.xx < max(x0, x1))
+
+    def capsule(self, p0: tuple[float, float], p1: tuple[float, float], r: float) -> np.ndarray:
+        """Thick segment: limbs that bend with the pose."""
+        vy, vx = p1[0] - p0[0], p1[1] - p0[1]
+        t = np.clip(((self.yy - p0[0]) * vy + (self.xx - p0[1]) * vx) / max(vy * vy + vx * vx, 1e-6), 0, 1)
+        return (self.yy - p0[0] - t * vy) ** 2 + (self.xx - p0[1] - t * vx) ** 2 <= r * r
+
+
+def _draw_person(cv: _Canvas, p: _Person, s: _Shot) -> None:
+    """Paint a person back to front; each painter labels its pixels."""
+    full = 112 * s.scale
+    tall = full * p.height
+    side = s.view == "side"
+    b = _Body(top=(_H - full) / 2 + (full - tall) + s.dy,  # feet stay on the ground whatever the height
+              tall=tall, cx=_W / 2 + s.dx, half=0.115 * tall * p.build * (0.6 if side else 1.0),
+              r_arm=0.032 * tall * p.build, side=side, facing=s.facing)
+    if p.carry == "backpack" and side:  # behind the torso, sticking out of the back
+        x0 = b.cx - b.facing * b.half * 0.6
+        pack = cv.rect(b.y(0.17), b.y(0.42), x0, x0 - b.facing * (0.4 * b.half + 0.09 * tall))
+        cv.paint(pack, p.carry_colour, _OBJECT)
+    _draw_legs(cv, p, s, b)
+    _draw_upper(cv, p, s, b)
+    _draw_carried(cv, p, s, b)
+    _draw_head(cv, p, s, b)
+
+
+def _draw_legs(cv: _Canvas, p: _Person, s: _Shot, b: _Body) -> None:
+    """Legs (skin below the hem), shoes, and a skirt's flare; the stride shows in side view."""
+    spread, r_leg = s.spread * 0.1 * b.tall, 0.045 * b.tall * p.build
+    hips = [(b.y(0.5), b.cx)] * 2 if b.side else [(b.y(0.5), b.cx + k * 0.5 * b.half) for k in (-1, 1)]
+    feet = [b.cx - spread, b.cx + spread] if b.side else [b.cx + k * (0.5 * b.half + 0.4 * spread) for k in (-1, 1)]
+    hem = {"trousers": 0.93, "shorts": 0.64, "skirt": 0.7}[p.lower_kind]
+    for hip, foot in zip(hips, feet):
+        leg = cv.capsule(hip, (b.y(0.93), foot), r_leg)
+        cv.paint(leg, p.skin, _LOWER)
+        cv.paint(leg & (cv.yy < b.y(hem)), p.lower, _LOWER)
+        toe = foot + (b.facing * 0.03 * b.tall if b.side else 0)
+        cv.paint(cv.ellipse(b.y(0.95), toe, 0.026 * b.tall, 0.055 * b.tall), p.shoes, _SHOES)
+    cv.paint(cv.rect(b.y(0.46), b.y(0.56), b.cx - b.half * 0.95, b.cx + b.half * 0.95), p.lower, _LOWER)
+    if p.lower_kind == "skirt":
+        flare = b.half * (0.95 + 0.7 * np.clip((cv.yy - b.y(0.48)) / (0.22 * b.tall), 0, 1))
+        cv.paint(cv.rect(b.y(0.48), b.y(0.7), -1e3, 1e3) & (np.abs(cv.xx - b.cx) < flare), p.lower, _LOWER)
+
+
+def _draw_upper(cv: _Canvas, p: _Person, s: _Shot, b: _Body) -> None:
+    """Tapered torso with its pattern, and arms whose sleeves end at the elbow or the wrist."""
+    taper = b.half * (1 - 0.12 * np.clip((cv.yy - b.y(0.16)) / (0.36 * b.tall), 0, 1))
+    torso = (cv.yy >= b.y(0.16)) & (cv.yy < b.y(0.52)) & (np.abs(cv.xx - b.cx) < taper)
+    cv.paint(torso, p.upper, _UPPER)
+    cv.paint(torso & _pattern(cv, p, s.view, b), p.upper2, _UPPER)
+    if b.side:
+        arms = [((b.y(0.18), b.cx), (b.y(0.48), b.cx + b.facing * s.swing * 0.12 * b.tall))]
+    else:
+        reach = b.half + b.r_arm + abs(s.swing) * 0.05 * b.tall
+        arms = [((b.y(0.18), b.cx + k * (b.half + b.r_arm * 0.6)), (b.y(0.5), b.cx + k * reach)) for k in (-1, 1)]
+    for shoulder, hand in arms:
+        arm = cv.capsule(shoulder, hand, b.r_arm)
+        cv.paint(arm, p.skin, _ARMS)
+        cv.paint(arm & (cv.yy < b.y(0.45 if p.long_sleeves else 0.28)), p.upper, _ARMS)
+
+
+def _pattern(cv: _Canvas, p: _Person, view: str, b: _Body) -> np.ndarray:
+    """Pixels of the shirt's second colour; a chest logo only shows from the front."""
+    dy, dx, per = cv.yy - b.y(0.16), cv.xx - b.cx, p.period
+    if p.pattern == "hstripes":
+        return dy // per % 2 == 1
+    if p.pattern == "vstripes":
+        return dx // per % 2 == 1
+    if p.pattern == "checks":
+        return (dy // per + dx // per) % 2 == 1
+    if p.pattern == "logo" and view == "front":
+        return cv.rect(b.y(0.22), b.y(0.31), b.cx - 0.045 * b.tall, b.cx + 0.045 * b.tall)
+    return np.zeros_like(cv.yy, bool)
+
+
+def _draw_carried(cv: _Canvas, p: _Person, s: _Shot, b: _Body) -> None:
+    """A shoulder bag at one side (mirrored from the back), or a backpack's straps (front) or body (back)."""
+    if p.carry == "bag":
+        x = -p.carry_side if s.view == "back" else p.carry_side
+        bx = b.cx + (b.facing * 0.3 * b.half if b.side else x * (b.half + 2 * b.r_arm))
+        cv.paint(cv.rect(b.y(0.4), b.y(0.55), bx, bx + (1 if b.side else x) * 0.1 * b.tall), p.carry_colour, _OBJECT)
+        if not b.side:
+            cv.paint(cv.capsule((b.y(0.17), b.cx - x * b.half * 0.7), (b.y(0.41), bx), 0.7), p.carry_colour * 0.7,
+                     _OBJECT)
+    elif p.carry == "backpack" and s.view == "back":
+        cv.paint(cv.rect(b.y(0.18), b.y(0.42), b.cx - b.half * 0.8, b.cx + b.half * 0.8), p.carry_colour, _OBJECT)
+    elif p.carry == "backpack" and s.view == "front":
+        for k in (-1, 1):
+            strap = cv.rect(b.y(0.16), b.y(0.36), b.cx + k * b.half * 0.55, b.cx + k * b.half * 0.75)
+            cv.paint(strap, p.carry_colour, _OBJECT)
+
+
+def _draw_head(cv: _Canvas, p: _Person, s: _Shot, b: _Body) -> None:
+    """Face, hair (its extent depends on viewpoint) and an optional hat."""
+    cy, hx = b.y(0.085), b.cx + (b.facing * 0.015 * b.tall if b.side else 0)
+    ry, rx = 0.065 * b.tall, 0.05 * b.tall * (0.9 if b.side else 1.0)
+    long_hair = cv.ellipse(cy + 0.6 * ry, hx - 0.2 * b.facing * rx * b.side, 1.6 * ry, 1.15 * rx)
+    if p.long_hair and s.view != "back":  # falls behind the face
+        cv.paint(long_hair, p.hair, _HEAD)
+    head = cv.ellipse(cy, hx, ry, rx)
+    cv.paint(head, p.skin, _HEAD)
+    cap = head if s.view == "back" else head & (cv.yy < cy - 0.25 * ry)
+    if b.side:
+        cap |= head & ((cv.xx - hx) * b.facing < -0.2 * rx)
+    cv.paint(cap | (long_hair if p.long_hair and s.view == "back" else False), p.hair, _HEAD)
+    if p.carry == "hat":
+        crown = cv.ellipse(cy - 0.6 * ry, hx, 0.55 * ry, 1.05 * rx) & (cv.yy < cy - 0.35 * ry)
+        cv.paint(crown | cv.rect(cy - 0.5 * ry, cy - 0.3 * ry, hx - 1.4 * rx, hx + 1.4 * rx), p.carry_colour, _OBJECT)
+
+
+def _background(cv: _Canvas, cam: _Camera, rng: np.random.Generator) -> None:
+    """The camera's scene through a jittered crop window: varies per image, stays camera-typical."""
+    cv.img[:] = cam.wall
+    shift = rng.uniform(-8, 8)
+    if cam.texture == "tiles":
+        cv.img[...] *= (1 - 0.14 * (((cv.yy + shift) // 10 + (cv.xx + shift) // 16) % 2))[..., None]
+    elif cam.texture == "blotch":
+        blotch = Image.fromarray(rng.normal(1, 0.1, (8, 4)).astype(np.float32), "F").resize((_W, _H), Image.BILINEAR)
+        cv.img[...] *= np.asarray(blotch)[..., None]
+    else:
+        cv.img[...] *= (0.8 + 0.35 * cv.yy / _H)[..., None]
+    cv.img[cv.yy[:, 0] >= cam.ground_y * _H + rng.uniform(-5, 5)] = cam.ground
+    for px in cam.poles:
+        cv.img[np.abs(cv.xx - px - shift) < 2.5] = cam.pole_colour
+
+
+def _occlude(cv: _Canvas, rng: np.random.Generator) -> None:
+    """Something (a passer-by, a bench) hides the bottom or one side; hidden pixels are not the person."""
+    if rng.random() < 0.5:
+        mask = cv.rect(rng.uniform(60, 110), _H, -1, _W)
+    else:
+        mask = cv.rect(-1, _H, *((0, rng.uniform(10, 22)) if rng.random() < 0.5 else (rng.uniform(42, 54), _W)))
+    cv.paint(mask, rng.uniform(20, 220, 3), _BG)
+
+
+def _render(cam: _Camera, rng: np.random.Generator, person: _Person | None = None,
+            shot: _Shot | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Render one crop; return RGB uint8 (H, W, 3) and part labels (H, W) indexing `_PARTS`."""
+    yy, xx = (a.astype(np.float32) for a in np.mgrid[0:_H, 0:_W])
+    cv = _Canvas(np.empty((_H, _W, 3), np.float32), np.zeros((_H, _W), np.uint8), yy, xx)
+    _background(cv, cam, rng)
+    if person is not None and shot is not None:
+        _draw_person(cv, person, shot)
+    if rng.random() < 0.12:
+        _occlude(cv, rng)
+    light = cam.gain * cam.cast * (1 + 0.2 * (yy / _H - 0.5))[..., None]
+    out = np.clip(cv.img * light + rng.normal(0, cam.noise, cv.img.shape), 0, 255).astype(np.uint8)
+    if cam.soft:  # a lower-resolution camera
+        out = np.asarray(Image.fromarray(out).resize((_W // 2, _H // 2), Image.BILINEAR).resize((_W, _H)))
+    return out, cv.lab
+
+
+def _save(img: np.ndarray, path: Path) -> None:
+    Image.fromarray(img).save(path, format="JPEG", quality=_JPEG_QUALITY)
+
+
+def _next_frame(rng: np.random.Generator, frames: np.ndarray, cam: int, seq: int, low: int, high: int) -> int:
+    """Advance a (camera, sequence) frame counter: unique, increasing frame numbers make names unique."""
+    frames[cam, seq] += rng.integers(low, high)
+    return int(frames[cam, seq])
+
+
+def _write_identity(pid: int, test: bool, cams: list[_Camera], frames: np.ndarray, out: Path, seed: int) -> None:
+    """Write one person's tracklets (2-6 cameras, 2-5 images each); for test ids one query per camera."""
+    rng = np.random.default_rng((seed, 2, pid))
+    person = _make_person(np.random.default_rng((seed, 3, pid)))
+    n_cams = rng.choice((2, 3, 4, 5, 6), p=(0.1, 0.3, 0.3, 0.2, 0.1))
+    for c in np.sort(rng.choice(6, n_cams, replace=False)):
+        view = ("front", "back", "side")[rng.choice(3, p=cams[c].view_p)]
+        facing, seq, n = int(rng.choice((-1, 1))), int(rng.integers(6)), int(rng.integers(2, 6))
+        frames[c, seq] += rng.integers(5, 40)
+        query = rng.integers(n)
+        for k in range(n):
+            img, _ = _render(cams[c], rng, person, _make_shot(rng, view, facing))
+            folder = "bounding_box_train" if not test else ("query" if k == query else "bounding_box_test")
+            name = f"{pid:04d}_c{c + 1}s{seq + 1}_{_next_frame(rng, frames, c, seq, 2, 12):06d}_01.jpg"
+            _save(img, out / folder / name)
+
+
+def _write_clutter(c: int, cam: _Camera, n: int, frames: np.ndarray, out: Path, seed: int) -> None:
+    """Gallery distractors (0000: background or badly framed strangers) and junk (-1: blurred near-misses)."""
+    rng = np.random.default_rng((seed, 4, c))
+    for k in range(2 * n):
+        junk, seq = k >= n, int(rng.integers(6))
+        stranger = _make_person(rng)
+        if junk:  # a person mostly outside the box
+            shot = _make_shot(rng, "front", 1, dx=float(rng.choice((-1, 1)) * rng.uniform(26, 36)))
+        else:  # a box too tight around part of a person, or around nobody
+            shot = _make_shot(rng, "front", 1, scale=rng.uniform(1.5, 2.3), dy=rng.uniform(-60, 60))
+            stranger = stranger if rng.random() < 0.5 else None
+        img, _ = _render(cam, rng, stranger, shot)
+        if junk:
+            img = np.asarray(Image.fromarray(img).resize((8, 16), Image.BILINEAR).resize((_W, _H), Image.BILINEAR))
+        frame = _next_frame(rng, frames, c, seq, 1, 30)
+        name = f"{'-1' if junk else '0000'}_c{c + 1}s{seq + 1}_{frame:06d}_{rng.integers(1, 6):02d}.jpg"
+        _save(img, out / "bounding_box_test" / name)
+
+
+def write_market1501(root: Path | str, *, ids: int = 48, seed: int = 0) -> Path:
+    """Write a synthetic dataset in Market-1501's exact published layout under `root`.
+
+    Returns root/"Market-1501-v15.09.15". Same (ids, seed) gives byte-identical files; ids is the
+    total count (ids // 2 train, the rest test), sampled from Market's pid range 0001..1501.
+    """
+    if not 2 <= ids <= 1501:
+        raise ValueError(f"ids must be in 2..1501 (Market's pid range), got {ids}")
+    out = Path(root) / _ROOT_NAME
+    for folder in ("bounding_box_train", "query", "bounding_box_test"):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng((seed, 0))
+    pids = np.sort(rng.choice(np.arange(1, 1502), ids, replace=False))
+    test = np.zeros(ids, bool)
+    test[rng.permutation(ids)[: ids - ids // 2]] = True
+    cams = [_make_camera(np.random.default_rng((seed, 1, c))) for c in range(6)]
+    frames = np.zeros((6, 6), np.int64)
+    for pid, is_test in zip(pids, test):
+        _write_identity(int(pid), bool(is_test), cams, frames, out, seed)
+    for c, cam in enumerate(cams):
+        _write_clutter(c, cam, max(3, int(test.sum()) // 4), frames, out, seed)
+    return out

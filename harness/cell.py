@@ -1,0 +1,184 @@
+"""Running one cell: the callable that every executor starts once per DDP process.
+
+It reads top to bottom: distributed set-up, data, model, optimizer, training, then, for each
+test dataset, features (sharded over ranks), distances, metrics and one result row written by
+rank 0. A failure on any rank is recorded in the cell's state with its reason; no row is written.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from harness import data, provenance
+from harness.data.loader import shard_loader, test_transform, train_loader, train_transform
+from harness.data.sampler import PKBatchSampler
+from harness.dist import DistEnv, gather_shards, init_distributed, shutdown
+from harness.evaluate import evaluate, pairwise_distance
+from harness.spec import Cell, DatasetConfig, Resources, SyntheticConfig
+from harness.store import Store
+from harness.train import NonFiniteLoss, build_optimizer, build_scheduler, extract_features, total_steps, train
+from methods import create_model
+
+PROTOCOLS = {"market1501": "market"}
+
+
+def expected_rows(cell: Cell) -> list[tuple[str, bool]]:
+    """The (test dataset, re-ranked) rows a finished cell has in the store."""
+    return [(test, False) for test in cell.test_datasets]
+
+
+def is_done(store: Store, cell: Cell) -> bool:
+    return all(store.has_row(cell.id, test, rerank) for test, rerank in expected_rows(cell))
+
+
+def dataset_root(config: DatasetConfig, synthetic: SyntheticConfig) -> Path:
+    """The folder holding the dataset: the spec's root, or the synthetic copy (made once)."""
+    if config.root is not None:
+        return Path(config.root)
+    return data.synthetic_root(config.name, ids=synthetic.ids, seed=synthetic.seed)
+
+
+def run_cell(cell_json: str, resources_json: str, store_root: str, executor: str, attempt: str) -> None:
+    """Entry point of each DDP process of a cell (spawned by elastic_launch, submitit or Ray)."""
+    cell, resources, store = Cell.from_json(cell_json), Resources(**json.loads(resources_json)), Store(store_root)
+    env = init_distributed(resources.device)
+    try:
+        _run(cell, resources, store, env, executor)
+    except BaseException as err:
+        _record_failure(store, cell, env, attempt, err)
+        raise
+    finally:
+        shutdown()
+
+
+def _run(cell: Cell, resources: Resources, store: Store, env: DistEnv, executor: str) -> None:
+    started = provenance.now()
+    log = (lambda message: print(f"[{cell.id}] {message}", flush=True)) if env.is_main else (lambda message: None)
+    config = cell.train
+    train_set = data.load_dataset(cell.train_dataset, dataset_root(cell.dataset(cell.train_dataset), cell.synthetic))
+
+    torch.manual_seed(cell.seed)  # identical initial weights on every rank
+    model = create_model(
+        cell.method,
+        variant=cell.variant,
+        backbone=cell.backbone,
+        num_classes=train_set.num_train_ids,
+        pretrained=config.pretrained,
+        last_stride=config.last_stride,
+        label_smoothing=config.label_smoothing,
+        triplet_margin=config.triplet_margin,
+    ).to(env.device)
+    torch.manual_seed(cell.seed * 1000 + env.rank)  # distinct augmentations per rank
+
+    pin = env.device.type == "cuda"
+    steps_per_epoch = max(1, train_set.num_train_ids // config.ids_per_batch)
+    sampler = PKBatchSampler(
+        [s.pid for s in train_set.train],
+        ids_per_batch=config.ids_per_batch,
+        images_per_id=config.images_per_id,
+        steps=total_steps(config, steps_per_epoch),
+        seed=cell.seed,
+        rank=env.rank,
+        world_size=env.world_size,
+    )
+    transform = train_transform(config.input_size, flip=config.flip, padding=config.padding, random_erasing=config.random_erasing)
+    loader = train_loader(train_set.train, sampler, transform, num_workers=config.num_workers, pin_memory=pin)
+    trained = DistributedDataParallel(model) if env.world_size > 1 else model
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config, steps_per_epoch)
+    log(
+        f"training {cell.method}:{cell.variant} on {cell.backbone} for {sampler.steps} steps, "
+        f"{train_set.num_train_ids} ids, {len(train_set.train)} images, world size {env.world_size}, {env.device}"
+    )
+    result = train(
+        trained, model.losses, loader, optimizer, scheduler,
+        device=env.device, world_size=env.world_size, log_every=config.log_every, log=log,
+    )
+    log(f"trained {result.iterations} steps in {result.seconds:.1f} s")
+
+    sha, dirty = provenance.git_state()
+    for test_name, _ in expected_rows(cell):
+        test_set = train_set if test_name == cell.train_dataset else data.load_dataset(test_name, dataset_root(cell.dataset(test_name), cell.synthetic))
+        metrics, seconds = _evaluate(model, test_set, config, env, test_name)
+        if env.is_main:
+            log(f"{test_name}: rank-1 {metrics['rank1']:.1%} mAP {metrics['mAP']:.1%} ({seconds:.1f} s)")
+            store.write_row(
+                {
+                    "schema_version": 1,
+                    "grid": cell.grid,
+                    "cell_id": cell.id,
+                    "method": cell.method,
+                    "variant": cell.variant,
+                    "backbone": cell.backbone,
+                    "train_dataset": cell.train_dataset,
+                    "test_dataset": test_name,
+                    "synthetic": cell.dataset(test_name).synthetic,
+                    "seed": cell.seed,
+                    "rerank": False,
+                    "protocol": PROTOCOLS[test_name],
+                    **{k: metrics[k] for k in ("mAP", "mINP", "rank1", "rank5", "rank10", "num_valid_queries")},
+                    "cmc": metrics["cmc"].tolist(),
+                    "num_query": len(test_set.query),
+                    "num_gallery": len(test_set.gallery),
+                    "iterations": result.iterations,
+                    "train_seconds": result.seconds,
+                    "train_images_per_second": result.images_per_second,
+                    "eval_seconds": seconds,
+                    "git_sha": sha,
+                    "git_dirty": dirty,
+                    **provenance.environment(env.device),
+                    "world_size": env.world_size,
+                    "executor": executor,
+                    "started_at": started,
+                    "finished_at": provenance.now(),
+                    "config": json.dumps({"cell": json.loads(cell.to_json()), "resources": asdict(resources)}, sort_keys=True),
+                }
+            )
+    if env.is_main:
+        store.write_state(cell.id, "done", finished_at=provenance.now(), iterations=result.iterations)
+
+
+def _evaluate(model, test_set: data.ReidData, config, env: DistEnv, name: str) -> tuple[dict, float]:
+    """Query and gallery features extracted in shards over ranks, then metrics on rank 0."""
+    start = time.perf_counter()
+    transform = test_transform(config.input_size)
+    features = []
+    for samples in (test_set.query, test_set.gallery):
+        loader = shard_loader(
+            samples, transform, rank=env.rank, world_size=env.world_size,
+            batch_size=config.eval_batch_size, num_workers=min(config.num_workers, 2), pin_memory=env.device.type == "cuda",
+        )
+        features.append(gather_shards(extract_features(model, loader, env.device), len(samples)))
+    metrics = {}
+    if env.is_main:
+        distmat = pairwise_distance(features[0], features[1])
+        ids = lambda samples, key: np.asarray([getattr(s, key) for s in samples])  # noqa: E731
+        metrics = evaluate(
+            distmat,
+            ids(test_set.query, "pid"), ids(test_set.gallery, "pid"),
+            ids(test_set.query, "camid"), ids(test_set.gallery, "camid"),
+            protocol=PROTOCOLS[name],
+        )
+    return metrics, time.perf_counter() - start
+
+
+def _record_failure(store: Store, cell: Cell, env: DistEnv, attempt: str, err: BaseException) -> None:
+    """The first rank to fail in an attempt records why; later ranks usually fail as a consequence."""
+    current = store.read_state(cell.id) or {}
+    if current.get("state") == "failed" and current.get("attempt") == attempt:
+        return
+    reason = str(err) if isinstance(err, NonFiniteLoss) else f"{type(err).__name__}: {err}"
+    store.write_state(
+        cell.id, "failed",
+        reason=reason,
+        rank=env.rank, attempt=attempt, failed_at=provenance.now(),
+        traceback="".join(traceback.format_exception(err))[-4000:],
+    )

@@ -1,0 +1,189 @@
+"""The `reidbench` command: run a grid, see its status, report results."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tabulate import tabulate
+
+from harness.errors import UserError
+
+DEFAULT_STORE = "results"
+DEFAULT_REPORTS = "reports"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.command(args)
+    except UserError as err:
+        print(f"reidbench: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("reidbench: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reidbench",
+        description="Train and evaluate person re-identification methods over a grid of "
+        "(method, backbone, dataset) cells, store every result in Parquet, and report them.",
+    )
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    def store_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--store", default=DEFAULT_STORE, metavar="PATH", help=f"the result store (default: {DEFAULT_STORE}/)")
+
+    run = sub.add_parser("run", help="run the cells of a grid spec that are not done yet",
+                         description="Expand a grid spec into cells and run every cell whose results are not in the store yet.")
+    run.add_argument("spec", type=Path, help="a grid spec, e.g. jobs/smoke.toml")
+    store_option(run)
+    run.add_argument("--executor", default="local", help="where cells run: local (default)")
+    run.add_argument("--force", action="store_true", help="run every cell again, even those already done")
+    run.add_argument("--dry-run", action="store_true", help="list the cells, their ids and states; run nothing")
+    run.add_argument("--reports", default=DEFAULT_REPORTS, type=Path, metavar="DIR",
+                     help=f"where the grid's results table is written as Markdown (default: {DEFAULT_REPORTS}/)")
+    run.set_defaults(command=_run)
+
+    status = sub.add_parser("status", help="show which cells of a grid are done, failed or not started",
+                            description="One line per cell of the spec: done, running, failed (with the reason) or not started.")
+    status.add_argument("spec", type=Path, help="a grid spec")
+    store_option(status)
+    status.set_defaults(command=_status)
+
+    report = sub.add_parser("report", help="print the results table from the store and write it as Markdown",
+                            description="Read every row of the store and render the results table.")
+    store_option(report)
+    report.add_argument("--out", default=DEFAULT_REPORTS, type=Path, metavar="DIR", help=f"output folder (default: {DEFAULT_REPORTS}/)")
+    report.set_defaults(command=_report)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from harness.cell import is_done
+    from harness.executors import get_executor
+    from harness.spec import load_spec
+    from harness.store import Store
+
+    spec, store = load_spec(args.spec), Store(args.store)
+    if args.dry_run:
+        print(_cells_table(spec, store))
+        todo = sum(args.force or not is_done(store, c) for c in spec.cells)
+        print(f"\n{len(spec.cells)} cell(s) in grid {spec.name!r}, {todo} to run. Nothing was run (--dry-run).")
+        return 0
+    todo = [c for c in spec.cells if args.force or not is_done(store, c)]
+    if not todo:
+        print(f"All {len(spec.cells)} cell(s) of grid {spec.name!r} are done in {store.root}/; nothing to run (--force reruns them).")
+        _show_results(spec, store, args.reports)
+        return 0
+    executor = get_executor(args.executor)
+    _prepare_data(todo, spec.resources.world_size)
+    print(f"Running {len(todo)} of {len(spec.cells)} cell(s) of grid {spec.name!r} with the {args.executor} executor.", flush=True)
+    outcomes = executor(todo, spec.resources, store)
+    _show_results(spec, store, args.reports)
+    failed = [o for o in outcomes if not o.ok]
+    for outcome in failed:
+        print(f"cell {outcome.cell_id} failed: {outcome.reason} (logs: {store.cell_dir(outcome.cell_id) / 'logs'})", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _prepare_data(cells, world_size: int) -> None:
+    """Make and check every dataset before anything starts, so bad data fails fast and once."""
+    from harness import data
+    from harness.cell import dataset_root
+
+    loaded: dict[tuple[str, Path], data.ReidData] = {}
+    for cell in cells:
+        roots = {config.name: dataset_root(config, cell.synthetic) for config in cell.datasets}
+        for config in cell.datasets:
+            if (config.name, roots[config.name]) not in loaded:
+                loaded[config.name, roots[config.name]] = data.load_dataset(config.name, roots[config.name])
+                kind = "synthetic" if config.synthetic else "real"
+                print(f"dataset {config.name} ({kind}): {roots[config.name]}", flush=True)
+        train = loaded[cell.train_dataset, roots[cell.train_dataset]]
+        p = cell.train.ids_per_batch
+        if p > train.num_train_ids or p % world_size:
+            raise UserError(
+                f"[train] ids_per_batch = {p} must be at most the {train.num_train_ids} training identities of "
+                f"{cell.train_dataset} and divisible by [resources] world_size = {world_size}."
+            )
+
+
+def _show_results(spec, store, reports: Path) -> None:
+    from harness.report import results_table, write_markdown
+
+    contents = store.read()
+    _warn(contents.problems)
+    ids = {c.id for c in spec.cells}
+    rows = [r for r in contents.rows if r["cell_id"] in ids]
+    if rows:
+        print(results_table(rows))
+        path = write_markdown(reports / f"{spec.name}.md", f"Results of grid {spec.name}", rows)
+        print(f"\nWritten to {path}")
+
+
+def _status(args: argparse.Namespace) -> int:
+    from harness.spec import load_spec
+    from harness.store import Store
+
+    spec, store = load_spec(args.spec), Store(args.store)
+    print(_cells_table(spec, store))
+    return 0
+
+
+def _cells_table(spec, store) -> str:
+    from harness.cell import is_done
+
+    lines = []
+    for cell in spec.cells:
+        state = {"state": "done"} if is_done(store, cell) else (store.read_state(cell.id) or {"state": "not started"})
+        label = state["state"]
+        if label == "running" and state.get("hostname") == socket.gethostname() and not _alive(state.get("pid")):
+            label = "interrupted"
+        detail = state.get("reason") or (state.get("log_dir") if label != "done" else "")
+        lines.append([cell.id, f"{cell.method}:{cell.variant}", cell.backbone, cell.train_dataset,
+                      ",".join(cell.test_datasets), cell.seed, label, detail or ""])
+    return tabulate(lines, headers=["cell", "method", "backbone", "train", "test", "seed", "state", "detail"], disable_numparse=True)
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _report(args: argparse.Namespace) -> int:
+    from harness.report import results_table, write_markdown
+    from harness.store import Store
+
+    store = Store(args.store)
+    contents = store.read()
+    _warn(contents.problems)
+    if not contents.rows:
+        print(f"The store {store.root}/ holds no results yet; `reidbench run jobs/smoke.toml` makes some.")
+        return 0
+    print(results_table(contents.rows))
+    path = write_markdown(args.out / "results.md", "Results", contents.rows)
+    print(f"\nWritten to {path}")
+    return 0
+
+
+def _warn(problems: list[str]) -> None:
+    for problem in problems:
+        print(f"reidbench: warning: {problem}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

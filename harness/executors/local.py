@@ -1,0 +1,74 @@
+"""Run cells on this machine: one DDP process per rank, started by PyTorch's elastic launcher.
+
+This is what ``torchrun --standalone`` does, so a cell sees the same environment (RANK,
+WORLD_SIZE, MASTER_ADDR, ...) as under torchrun on a cluster node.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict
+
+import torch
+from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+from harness import provenance
+from harness.cell import run_cell
+from harness.errors import UserError
+from harness.executors import Outcome
+from harness.spec import Cell, Resources
+from harness.store import Store
+
+
+def run_local(cells: Sequence[Cell], resources: Resources, store: Store) -> list[Outcome]:
+    """Run the cells one after the other, each as `resources.world_size` processes."""
+    wants_cuda = resources.device == "cuda" or (resources.device == "auto" and torch.cuda.is_available())
+    if wants_cuda and resources.world_size > torch.cuda.device_count():
+        raise UserError(
+            f"world_size = {resources.world_size} needs that many GPUs, but this machine has "
+            f"{torch.cuda.device_count()}; lower [resources] world_size or run on a cluster."
+        )
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // resources.world_size)))
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.WARNING)
+    return [_run_one(cell, resources, store) for cell in cells]
+
+
+def _run_one(cell: Cell, resources: Resources, store: Store) -> Outcome:
+    attempt = uuid.uuid4().hex[:12]
+    log_dir = store.cell_dir(cell.id) / "logs"
+    store.write_state(
+        cell.id, "running", attempt=attempt, executor="local", started_at=provenance.now(),
+        log_dir=str(log_dir), hostname=socket.gethostname(), pid=os.getpid(),
+    )
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=resources.world_size,
+        run_id=f"{cell.id}-{attempt}",
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=0,
+        start_method="spawn",
+        logs_specs=DefaultLogsSpecs(log_dir=str(log_dir), redirects=Std.ALL, tee={0: Std.ALL}),
+    )
+    args = (cell.to_json(), json.dumps(asdict(resources)), str(store.root), "local", attempt)
+    try:
+        elastic_launch(config, run_cell)(*args)
+    except ChildFailedError as err:
+        state = store.read_state(cell.id) or {}
+        if state.get("state") == "failed" and state.get("attempt") == attempt:
+            return Outcome(cell.id, False, state.get("reason"))
+        rank, failure = err.get_first_failure()
+        reason = f"rank {rank} exited with code {failure.exitcode}" + (
+            f" ({failure.signal_name()}; killed, e.g. out of memory)" if failure.exitcode < 0 else ""
+        )
+        store.write_state(cell.id, "failed", reason=reason, attempt=attempt, failed_at=provenance.now(), log_dir=str(log_dir))
+        return Outcome(cell.id, False, reason)
+    return Outcome(cell.id, True)

@@ -1,0 +1,37 @@
+"""Reports, built from the store's rows only. For now: the table of measured results."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+_HEADERS = ["cell", "method", "variant", "backbone", "train", "test", "data", "seed", "RR",
+            "R1", "R5", "R10", "mAP", "mINP", "iters", "img/s"]
+
+
+def results_table(rows: Iterable[dict[str, Any]], *, fmt: str = "github") -> str:
+    """Measured results, one line per row, sorted by identity; metrics in percent."""
+    ordered = sorted(rows, key=lambda r: (r["grid"], r["method"], r["variant"], r["backbone"],
+                                          r["train_dataset"], r["test_dataset"], r["seed"], r["rerank"]))
+    body = [
+        [
+            r["cell_id"], r["method"], r["variant"], r["backbone"], r["train_dataset"], r["test_dataset"],
+            "synthetic" if r["synthetic"] else "real", r["seed"], "yes" if r["rerank"] else "no",
+            *(f"{100 * r[m]:.1f}" for m in ("rank1", "rank5", "rank10", "mAP", "mINP")),
+            r["iterations"],
+            "-" if r["train_images_per_second"] is None else f"{r['train_images_per_second']:.1f}",
+        ]
+        for r in ordered
+    ]
+    return tabulate(body, headers=_HEADERS, tablefmt=fmt, disable_numparse=True)
+
+
+def write_markdown(path: Path, title: str, rows: list[dict[str, Any]]) -> Path:
+    synthetic = any(r["synthetic"] for r in rows)
+    note = "\nRows marked `synthetic` were measured on generated data, not on the real dataset.\n" if synthetic else ""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# {title}\n\nMetrics in percent; R1/R5/R10 are CMC ranks, RR re-ranked.\n{note}\n{results_table(rows)}\n")
+    return path

@@ -1,0 +1,130 @@
+"""End to end through the installed `reidbench` command: real DDP processes (gloo), real files.
+
+The smoke grid trains the baseline on synthetic Market-1501; the same grid with no training step
+gives the untrained model's numbers, which the trained ones must beat by far.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.spec import load_spec
+from harness.store import Store
+
+REPO = Path(__file__).resolve().parent.parent
+SMOKE = (REPO / "jobs" / "smoke.toml").read_text()
+
+pytestmark = pytest.mark.slow
+
+
+def reidbench(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    root = tmp_path_factory.mktemp("smoke")
+    env = {**os.environ, "REIDBENCH_CACHE": str(root / "cache")}
+    return root, env
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(work):
+    """Run the smoke grid, then the same grid untrained (iterations = 0), into one store."""
+    root, env = work
+    trained_spec = root / "smoke.toml"
+    trained_spec.write_text(SMOKE)
+    untrained_spec = root / "untrained.toml"
+    untrained_spec.write_text(re.sub(r"iterations = \d+", "iterations = 0", SMOKE).replace('name = "smoke"', 'name = "untrained"'))
+    runs = {name: reidbench("run", str(spec), "--store", "store", env=env, cwd=root)
+            for name, spec in (("trained", trained_spec), ("untrained", untrained_spec))}
+    for name, run in runs.items():
+        assert run.returncode == 0, f"{name} run failed:\n{run.stdout}\n{run.stderr}"
+    return root, env, runs
+
+
+def only_row(store: Store, spec: Path) -> dict:
+    (cell,) = load_spec(spec).cells
+    rows = [r for r in store.read().rows if r["cell_id"] == cell.id]
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+def test_training_beats_an_untrained_model_by_far(smoke_runs):
+    root, _, _ = smoke_runs
+    store = Store(root / "store")
+    trained, untrained = only_row(store, root / "smoke.toml"), only_row(store, root / "untrained.toml")
+    message = f"trained mAP {trained['mAP']:.3f} (rank-1 {trained['rank1']:.3f}) vs untrained mAP {untrained['mAP']:.3f} (rank-1 {untrained['rank1']:.3f})"
+    print(message)
+    assert untrained["iterations"] == 0 and trained["iterations"] == load_spec(root / "smoke.toml").cells[0].train.iterations
+    assert trained["mAP"] >= untrained["mAP"] + 0.15 and trained["mAP"] >= 2 * untrained["mAP"], message
+
+
+def test_rows_carry_identity_metrics_and_provenance(smoke_runs):
+    root, _, runs = smoke_runs
+    row = only_row(Store(root / "store"), root / "smoke.toml")
+    assert (row["method"], row["variant"], row["backbone"], row["grid"]) == ("baseline", "bnneck", "resnet50", "smoke")
+    assert row["synthetic"] is True and row["rerank"] is False and row["protocol"] == "market"
+    assert row["world_size"] == 2 and row["executor"] == "local" and row["device"] == "cpu"
+    assert len(row["cmc"]) == 50 and row["cmc"][0] == row["rank1"] and 0 <= row["mINP"] <= row["mAP"] <= 1
+    assert row["num_valid_queries"] == row["num_query"] > 0
+    assert row["train_images_per_second"] > 0 and row["started_at"] <= row["finished_at"]
+    assert row["torch_version"] and row["hostname"]
+    assert json.loads(row["config"])["cell"]["train"]["iterations"] == row["iterations"]
+    assert row["cell_id"] in runs["trained"].stdout  # the results table is printed ...
+    assert row["cell_id"] in (root / "reports" / "smoke.md").read_text()  # ... and written as Markdown
+
+
+def test_second_run_skips_done_cells(smoke_runs):
+    root, env, _ = smoke_runs
+    row_file = next((root / "store" / "rows").glob(f"{only_row(Store(root / 'store'), root / 'smoke.toml')['cell_id']}/*.parquet"))
+    before = row_file.stat().st_mtime_ns
+    again = reidbench("run", "smoke.toml", "--store", "store", env=env, cwd=root)
+    assert again.returncode == 0 and "are done" in again.stdout and "Running" not in again.stdout
+    assert row_file.stat().st_mtime_ns == before
+
+
+def test_dry_run_and_status_list_cells_with_their_state(smoke_runs):
+    root, env, _ = smoke_runs
+    (cell,) = load_spec(root / "smoke.toml").cells
+    dry = reidbench("run", "smoke.toml", "--store", "store", "--dry-run", "--force", env=env, cwd=root)
+    assert dry.returncode == 0 and cell.id in dry.stdout and "done" in dry.stdout and "1 to run" in dry.stdout
+    status = reidbench("status", "smoke.toml", "--store", "store", env=env, cwd=root)
+    assert status.returncode == 0 and re.search(rf"{cell.id}.*done", status.stdout)
+    fresh = reidbench("status", "smoke.toml", "--store", "elsewhere", env=env, cwd=root)
+    assert re.search(rf"{cell.id}.*not started", fresh.stdout)
+    report = reidbench("report", "--store", "store", env=env, cwd=root)
+    assert report.returncode == 0 and cell.id in report.stdout and (root / "reports" / "results.md").is_file()
+
+
+def test_non_finite_loss_fails_the_cell_with_step_and_terms_and_writes_no_row(work):
+    root, env = work
+    spec = root / "nan.toml"
+    text = SMOKE.replace('name = "smoke"', 'name = "nan"').replace('"resnet50"', '"resnet18"')
+    text = re.sub(r"iterations = \d+", "iterations = 20", text).replace("lr = 3.5e-4", "lr = 1e30").replace("input_size = [128, 64]", "input_size = [32, 16]")
+    spec.write_text(text)
+    run = reidbench("run", "nan.toml", "--store", "nanstore", env=env, cwd=root)
+    assert run.returncode == 1, run.stdout + run.stderr
+    (cell,) = load_spec(spec).cells
+    state = Store(root / "nanstore").read_state(cell.id)
+    assert state["state"] == "failed" and re.match(r"loss became non-finite at step \d+: id=", state["reason"]), state
+    assert "triplet=" in state["reason"] and "non-finite" in run.stderr
+    assert Store(root / "nanstore").read().rows == []
+    status = reidbench("status", "nan.toml", "--store", "nanstore", env=env, cwd=root)
+    assert re.search(rf"{cell.id}.*failed.*non-finite at step", status.stdout)
+
+
+def test_missing_dataset_root_is_a_user_error(work):
+    root, env = work
+    spec = root / "real.toml"
+    spec.write_text(SMOKE + '\n[datasets.market1501]\nroot = "no-such-folder"\n')
+    run = reidbench("run", "real.toml", "--store", "realstore", env=env, cwd=root)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert f"expected the folder {root / 'no-such-folder' / 'Market-1501-v15.09.15'}" in run.stderr

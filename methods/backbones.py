@@ -1,5 +1,7 @@
 """Backbones, built from torchvision; each returns its final feature map and says its width.
 
+Randomly initialised ResNets start each residual branch's last BatchNorm at zero (Goyal et al.,
+2017), so that a deep network trained from scratch starts as a shallow one and learns quickly.
 Pretrained weights are never downloaded as a side effect: they are read from torch's hub cache
 (``$TORCH_HOME/hub/checkpoints``), and a missing file is an error that says where to put it.
 """
@@ -74,7 +76,7 @@ def _torchvision_weights(weights: torchvision.models.WeightsEnum, name: str) -> 
 
 @register_backbone("resnet50")
 def resnet50(*, pretrained: bool, last_stride: int) -> Backbone:
-    net = torchvision.models.resnet50()
+    net = torchvision.models.resnet50(zero_init_residual=not pretrained)
     if pretrained:
         net.load_state_dict(_torchvision_weights(torchvision.models.ResNet50_Weights.IMAGENET1K_V1, "resnet50"))
     return _TorchvisionResNet(net, last_stride)
@@ -83,7 +85,7 @@ def resnet50(*, pretrained: bool, last_stride: int) -> Backbone:
 @register_backbone("resnet18")
 def resnet18(*, pretrained: bool, last_stride: int) -> Backbone:
     """A small backbone for quick tests and CPU smoke runs."""
-    net = torchvision.models.resnet18()
+    net = torchvision.models.resnet18(zero_init_residual=not pretrained)
     if pretrained:
         net.load_state_dict(_torchvision_weights(torchvision.models.ResNet18_Weights.IMAGENET1K_V1, "resnet18"))
     return _TorchvisionResNet(net, last_stride)

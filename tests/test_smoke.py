@@ -108,7 +108,8 @@ def test_non_finite_loss_fails_the_cell_with_step_and_terms_and_writes_no_row(wo
     root, env = work
     spec = root / "nan.toml"
     text = SMOKE.replace('name = "smoke"', 'name = "nan"').replace('"resnet50"', '"resnet18"')
-    text = re.sub(r"iterations = \d+", "iterations = 20", text).replace("lr = 3.5e-4", "lr = 1e30").replace("input_size = [128, 64]", "input_size = [32, 16]")
+    for key, value in (("iterations", "20"), ("lr", "1e30"), ("input_size", "[32, 16]")):
+        text = re.sub(rf"^{key} = .*$", f"{key} = {value}", text, flags=re.M)
     spec.write_text(text)
     run = reidbench("run", "nan.toml", "--store", "nanstore", env=env, cwd=root)
     assert run.returncode == 1, run.stdout + run.stderr

@@ -23,8 +23,8 @@ from harness.data.sampler import PKBatchSampler
 from harness.dist import DistEnv, gather_shards, init_distributed, shutdown
 from harness.evaluate import evaluate, pairwise_distance
 from harness.spec import Cell, DatasetConfig, Resources, SyntheticConfig
-from harness.store import Store
-from harness.train import NonFiniteLoss, build_optimizer, build_scheduler, extract_features, total_steps, train
+from harness.store import SCHEMA_VERSION, Store
+from harness.train import NonFiniteLoss, TrainResult, build_optimizer, build_scheduler, extract_features, total_steps, train
 from methods import create_model
 
 PROTOCOLS = {"market1501": "market"}
@@ -104,46 +104,50 @@ def _run(cell: Cell, resources: Resources, store: Store, env: DistEnv, executor:
     )
     log(f"trained {result.iterations} steps in {result.seconds:.1f} s")
 
-    sha, dirty = provenance.git_state()
     for test_name, _ in expected_rows(cell):
         test_set = train_set if test_name == cell.train_dataset else data.load_dataset(test_name, dataset_root(cell.dataset(test_name), cell.synthetic))
         metrics, seconds = _evaluate(model, test_set, config, env, test_name)
         if env.is_main:
             log(f"{test_name}: rank-1 {metrics['rank1']:.1%} mAP {metrics['mAP']:.1%} ({seconds:.1f} s)")
-            store.write_row(
-                {
-                    "schema_version": 1,
-                    "grid": cell.grid,
-                    "cell_id": cell.id,
-                    "method": cell.method,
-                    "variant": cell.variant,
-                    "backbone": cell.backbone,
-                    "train_dataset": cell.train_dataset,
-                    "test_dataset": test_name,
-                    "synthetic": cell.dataset(test_name).synthetic,
-                    "seed": cell.seed,
-                    "rerank": False,
-                    "protocol": PROTOCOLS[test_name],
-                    **{k: metrics[k] for k in ("mAP", "mINP", "rank1", "rank5", "rank10", "num_valid_queries")},
-                    "cmc": metrics["cmc"].tolist(),
-                    "num_query": len(test_set.query),
-                    "num_gallery": len(test_set.gallery),
-                    "iterations": result.iterations,
-                    "train_seconds": result.seconds,
-                    "train_images_per_second": result.images_per_second,
-                    "eval_seconds": seconds,
-                    "git_sha": sha,
-                    "git_dirty": dirty,
-                    **provenance.environment(env.device),
-                    "world_size": env.world_size,
-                    "executor": executor,
-                    "started_at": started,
-                    "finished_at": provenance.now(),
-                    "config": json.dumps({"cell": json.loads(cell.to_json()), "resources": asdict(resources)}, sort_keys=True),
-                }
-            )
+            store.write_row(_result_row(cell, resources, test_set, metrics, result, seconds, env, executor, started))
     if env.is_main:
         store.write_state(cell.id, "done", finished_at=provenance.now(), iterations=result.iterations)
+
+
+def _result_row(cell: Cell, resources: Resources, test_set: data.ReidData, metrics: dict, result: TrainResult,
+                eval_seconds: float, env: DistEnv, executor: str, started) -> dict:
+    """One store row (see results/README.md): identity, metrics, figures, provenance."""
+    sha, dirty = provenance.git_state()
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "grid": cell.grid,
+        "cell_id": cell.id,
+        "method": cell.method,
+        "variant": cell.variant,
+        "backbone": cell.backbone,
+        "train_dataset": cell.train_dataset,
+        "test_dataset": test_set.name,
+        "synthetic": cell.dataset(test_set.name).synthetic,
+        "seed": cell.seed,
+        "rerank": False,
+        "protocol": PROTOCOLS[test_set.name],
+        **{k: metrics[k] for k in ("mAP", "mINP", "rank1", "rank5", "rank10", "num_valid_queries")},
+        "cmc": metrics["cmc"].tolist(),
+        "num_query": len(test_set.query),
+        "num_gallery": len(test_set.gallery),
+        "iterations": result.iterations,
+        "train_seconds": result.seconds,
+        "train_images_per_second": result.images_per_second,
+        "eval_seconds": eval_seconds,
+        "git_sha": sha,
+        "git_dirty": dirty,
+        **provenance.environment(env.device),
+        "world_size": env.world_size,
+        "executor": executor,
+        "started_at": started,
+        "finished_at": provenance.now(),
+        "config": json.dumps({"cell": json.loads(cell.to_json()), "resources": asdict(resources)}, sort_keys=True),
+    }
 
 
 def _evaluate(model, test_set: data.ReidData, config, env: DistEnv, name: str) -> tuple[dict, float]:

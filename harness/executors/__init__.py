@@ -24,12 +24,12 @@ class Outcome:
 Executor = Callable[[Sequence[Cell], Resources, Store], list[Outcome]]
 
 
+EXECUTORS = ("local",)
+
+
 def get_executor(name: str) -> Executor:
     if name == "local":
         from harness.executors.local import run_local
 
         return run_local
-    raise UserError(f"unknown executor {name!r}; {closest(name, ['local'])}")
-
-
-EXECUTORS = ("local",)
+    raise UserError(f"unknown executor {name!r}; {closest(name, EXECUTORS)}")

@@ -97,7 +97,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _prepare_data(cells, world_size: int) -> None:
-    """Make and check every dataset before anything starts, so bad data fails fast and once."""
+    """Make and check every dataset (and pretrained weights) before anything starts, so bad input fails fast and once."""
     from harness import data
     from harness.cell import dataset_root
 
@@ -110,6 +110,13 @@ def _prepare_data(cells, world_size: int) -> None:
                 kind = "synthetic" if config.synthetic else "real"
                 print(f"dataset {config.name} ({kind}): {roots[config.name]}", flush=True)
         train = loaded[cell.train_dataset, roots[cell.train_dataset]]
+        if cell.train.pretrained:
+            from methods.backbones import MissingWeights, pretrained_weights_file
+
+            try:
+                pretrained_weights_file(cell.backbone)
+            except MissingWeights as err:
+                raise UserError(str(err)) from None
         p = cell.train.ids_per_batch
         if p > train.num_train_ids or p % world_size:
             raise UserError(

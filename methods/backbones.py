@@ -63,7 +63,15 @@ class _TorchvisionResNet(Backbone):
         return self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
 
 
-def _torchvision_weights(weights: torchvision.models.WeightsEnum, name: str) -> dict:
+_IMAGENET_WEIGHTS: dict[str, torchvision.models.WeightsEnum] = {
+    "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
+    "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
+}
+
+
+def pretrained_weights_file(name: str) -> Path:
+    """The cached ImageNet weights of backbone `name`; MissingWeights says where to put them."""
+    weights = _IMAGENET_WEIGHTS[name]
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     if not cached.is_file():
         raise MissingWeights(
@@ -71,21 +79,22 @@ def _torchvision_weights(weights: torchvision.models.WeightsEnum, name: str) -> 
             f"on a machine with internet into that folder (compute nodes are often offline), "
             f"or set pretrained = false in the spec's [train] table."
         )
-    return torch.load(cached, map_location="cpu", weights_only=True)
+    return cached
+
+
+def _resnet(name: str, *, pretrained: bool, last_stride: int) -> Backbone:
+    net = getattr(torchvision.models, name)(zero_init_residual=not pretrained)
+    if pretrained:
+        net.load_state_dict(torch.load(pretrained_weights_file(name), map_location="cpu", weights_only=True))
+    return _TorchvisionResNet(net, last_stride)
 
 
 @register_backbone("resnet50")
 def resnet50(*, pretrained: bool, last_stride: int) -> Backbone:
-    net = torchvision.models.resnet50(zero_init_residual=not pretrained)
-    if pretrained:
-        net.load_state_dict(_torchvision_weights(torchvision.models.ResNet50_Weights.IMAGENET1K_V1, "resnet50"))
-    return _TorchvisionResNet(net, last_stride)
+    return _resnet("resnet50", pretrained=pretrained, last_stride=last_stride)
 
 
 @register_backbone("resnet18")
 def resnet18(*, pretrained: bool, last_stride: int) -> Backbone:
-    """A small backbone for quick tests and CPU smoke runs."""
-    net = torchvision.models.resnet18(zero_init_residual=not pretrained)
-    if pretrained:
-        net.load_state_dict(_torchvision_weights(torchvision.models.ResNet18_Weights.IMAGENET1K_V1, "resnet18"))
-    return _TorchvisionResNet(net, last_stride)
+    """A small backbone for quick tests."""
+    return _resnet("resnet18", pretrained=pretrained, last_stride=last_stride)

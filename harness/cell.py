@@ -8,6 +8,7 @@ rank 0. A failure on any rank is recorded in the cell's state with its reason; n
 from __future__ import annotations
 
 import json
+import os
 import time
 import traceback
 from dataclasses import asdict
@@ -22,7 +23,7 @@ from harness.data.loader import shard_loader, test_transform, train_loader, trai
 from harness.data.sampler import PKBatchSampler
 from harness.dist import DistEnv, gather_shards, init_distributed, shutdown
 from harness.evaluate import evaluate, pairwise_distance
-from harness.spec import Cell, DatasetConfig, Resources, SyntheticConfig
+from harness.spec import Cell, DatasetConfig, Resources, SyntheticConfig, TrainConfig
 from harness.store import SCHEMA_VERSION, Store
 from harness.train import NonFiniteLoss, TrainResult, build_optimizer, build_scheduler, extract_features, total_steps, train
 from methods import create_model
@@ -49,11 +50,10 @@ def dataset_root(config: DatasetConfig, synthetic: SyntheticConfig) -> Path:
 def run_cell(cell_json: str, resources_json: str, store_root: str, executor: str, attempt: str) -> None:
     """Entry point of each DDP process of a cell (spawned by elastic_launch, submitit or Ray)."""
     cell, resources, store = Cell.from_json(cell_json), Resources(**json.loads(resources_json)), Store(store_root)
-    env = init_distributed(resources.device)
     try:
-        _run(cell, resources, store, env, executor)
+        _run(cell, resources, store, init_distributed(resources.device), executor)
     except BaseException as err:
-        _record_failure(store, cell, env, attempt, err)
+        _record_failure(store, cell, int(os.environ.get("RANK", 0)), attempt, err)
         raise
     finally:
         shutdown()
@@ -150,7 +150,7 @@ def _result_row(cell: Cell, resources: Resources, test_set: data.ReidData, metri
     }
 
 
-def _evaluate(model, test_set: data.ReidData, config, env: DistEnv, name: str) -> tuple[dict, float]:
+def _evaluate(model: torch.nn.Module, test_set: data.ReidData, config: TrainConfig, env: DistEnv, name: str) -> tuple[dict, float]:
     """Query and gallery features extracted in shards over ranks, then metrics on rank 0."""
     start = time.perf_counter()
     transform = test_transform(config.input_size)
@@ -174,7 +174,7 @@ def _evaluate(model, test_set: data.ReidData, config, env: DistEnv, name: str) -
     return metrics, time.perf_counter() - start
 
 
-def _record_failure(store: Store, cell: Cell, env: DistEnv, attempt: str, err: BaseException) -> None:
+def _record_failure(store: Store, cell: Cell, rank: int, attempt: str, err: BaseException) -> None:
     """The first rank to fail in an attempt records why; later ranks usually fail as a consequence."""
     current = store.read_state(cell.id) or {}
     if current.get("state") == "failed" and current.get("attempt") == attempt:
@@ -183,6 +183,6 @@ def _record_failure(store: Store, cell: Cell, env: DistEnv, attempt: str, err: B
     store.write_state(
         cell.id, "failed",
         reason=reason,
-        rank=env.rank, attempt=attempt, failed_at=provenance.now(),
+        rank=rank, attempt=attempt, failed_at=provenance.now(),
         traceback="".join(traceback.format_exception(err))[-4000:],
     )

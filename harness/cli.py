@@ -92,7 +92,8 @@ def _run(args: argparse.Namespace) -> int:
     _show_results(spec, store, args.reports)
     failed = [o for o in outcomes if not o.ok]
     for outcome in failed:
-        print(f"cell {outcome.cell_id} failed: {outcome.reason} (logs: {store.cell_dir(outcome.cell_id) / 'logs'})", file=sys.stderr)
+        where = store.cell_dir(outcome.cell_id)
+        print(f"cell {outcome.cell_id} failed: {outcome.reason} (traceback in {where / 'state.json'}, logs in {where / 'logs'})", file=sys.stderr)
     return 1 if failed else 0
 
 

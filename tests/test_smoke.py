@@ -129,3 +129,37 @@ def test_missing_dataset_root_is_a_user_error(work):
     run = reidbench("run", "real.toml", "--store", "realstore", env=env, cwd=root)
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert f"expected the folder {root / 'no-such-folder' / 'Market-1501-v15.09.15'}" in run.stderr
+
+
+def test_a_worker_killed_by_a_signal_fails_the_cell_with_that_signal(work):
+    root, env = work
+    spec = root / "kill.toml"
+    text = SMOKE.replace('name = "smoke"', 'name = "kill"').replace('"resnet50"', '"resnet18"')
+    for key, value in (("iterations", "100000"), ("input_size", "[32, 16]"), ("log_every", "1")):
+        text = re.sub(rf"^{key} = .*$", f"{key} = {value}", text, flags=re.M)
+    spec.write_text(text)
+    (cell,) = load_spec(spec).cells
+    driver = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", "kill.toml", "--store", "killstore"],
+                              cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in driver.stdout:  # wait until training runs
+            if "step 3:" in line:
+                break
+        workers = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == driver.pid
+                   and b"spawn_main" in (p / "cmdline").read_bytes()]
+        assert len(workers) == 2, workers
+        os.kill(max(workers), 9)
+        out, err = driver.communicate(timeout=120)
+    finally:
+        driver.kill()
+    assert driver.returncode == 1
+    state = Store(root / "killstore").read_state(cell.id)
+    assert state["state"] == "failed" and "was killed by SIGKILL" in state["reason"], state
+    assert "was killed by SIGKILL" in err and Store(root / "killstore").read().rows == []
+
+
+def _parent(proc: Path) -> int | None:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None

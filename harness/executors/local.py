@@ -36,7 +36,10 @@ def run_local(cells: Sequence[Cell], resources: Resources, store: Store) -> list
             f"{torch.cuda.device_count()}; lower [resources] world_size or run on a cluster."
         )
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // resources.world_size)))
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.WARNING)
+    # The launcher logs every worker's traceback at ERROR; the cell's state.json keeps it instead,
+    # and the command line shows one line per failed cell.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    logging.getLogger("torch.multiprocessing").setLevel(logging.ERROR)
     return [_run_one(cell, resources, store) for cell in cells]
 
 
@@ -62,13 +65,28 @@ def _run_one(cell: Cell, resources: Resources, store: Store) -> Outcome:
     try:
         elastic_launch(config, run_cell)(*args)
     except ChildFailedError as err:
-        state = store.read_state(cell.id) or {}
-        if state.get("state") == "failed" and state.get("attempt") == attempt:
-            return Outcome(cell.id, False, state.get("reason"))
-        rank, failure = err.get_first_failure()
-        reason = f"rank {rank} exited with code {failure.exitcode}" + (
-            f" ({failure.signal_name()}; killed, e.g. out of memory)" if failure.exitcode < 0 else ""
-        )
-        store.write_state(cell.id, "failed", reason=reason, attempt=attempt, failed_at=provenance.now(), log_dir=str(log_dir))
-        return Outcome(cell.id, False, reason)
+        return Outcome(cell.id, False, _record_launch_failure(store, cell.id, attempt, err, log_dir))
     return Outcome(cell.id, True)
+
+
+def _record_launch_failure(store: Store, cell_id: str, attempt: str, err: ChildFailedError, log_dir) -> str:
+    """The reason a cell failed. A rank killed by a signal could not say why itself, and is the
+    root cause of the errors its peers then see, so it comes first."""
+    state = store.read_state(cell_id) or {}
+    recorded = state.get("reason") if state.get("state") == "failed" and state.get("attempt") == attempt else None
+    # SIGTERM is what the launcher sends to the survivors; any other signal came first.
+    killed = sorted(((rank, f) for rank, f in err.failures.items() if f.exitcode < 0), key=lambda rf: (rf[1].exitcode == -15, rf[0]))
+    if recorded and not killed:
+        return recorded
+    if killed:
+        rank, failure = killed[0]
+        reason = f"rank {rank} was killed by {failure.signal_name()} (out of memory, or stopped from outside)"
+        reason += f"; then {recorded}" if recorded else ""
+    else:
+        rank, failure = err.get_first_failure()
+        reason = f"rank {rank} exited with code {failure.exitcode}"
+    store.write_state(
+        cell_id, "failed", reason=reason, attempt=attempt, failed_at=provenance.now(),
+        log_dir=str(log_dir), traceback=state.get("traceback"),
+    )
+    return reason

@@ -155,6 +155,8 @@ def _cells_table(spec, store) -> str:
     for cell in spec.cells:
         state = {"state": "done"} if is_done(store, cell) else (store.read_state(cell.id) or {"state": "not started"})
         label = state["state"]
+        if label == "done":  # the state says done but rows are missing: `run` will redo the cell
+            label, state = "rows missing", {"reason": f"expected rows under {store.root / 'rows' / cell.id}"}
         if label == "running" and state.get("hostname") == socket.gethostname() and not _alive(state.get("pid")):
             label = "interrupted"
         detail = state.get("reason") or (state.get("log_dir") if label != "done" else "")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+
 from harness.cli import main
+from harness.spec import load_spec
+from harness.store import Store
 
 SPEC = """
 [grid]
@@ -43,3 +47,19 @@ def test_batch_composition_must_fit_the_data_and_the_world(tmp_path, monkeypatch
     assert code == 2 and "ids_per_batch = 3" in err and "divisible by [resources] world_size = 2" in err
     code, err = run(tmp_path, monkeypatch, capsys, p=40)
     assert code == 2 and "at most the 6 training identities" in err
+
+
+def test_status_tells_states_apart(tmp_path, capsys):
+    spec = tmp_path / "spec.toml"
+    spec.write_text(SPEC.format(p=2, pretrained="false").replace('train_datasets = ["market1501"]', 'train_datasets = ["market1501"]\nseeds = [0, 1, 2, 3]'))
+    cells = load_spec(spec).cells
+    store = Store(tmp_path / "store")
+    store.write_state(cells[0].id, "done")  # but its rows are gone
+    store.write_state(cells[1].id, "failed", reason="loss became non-finite at step 4: id=nan")
+    store.write_state(cells[2].id, "running", hostname=socket.gethostname(), pid=2**22 + 7)  # no such process
+    assert main(["status", str(spec), "--store", str(store.root)]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
+    assert "rows missing" in lines[cells[0].id]
+    assert "failed" in lines[cells[1].id] and "non-finite at step 4" in lines[cells[1].id]
+    assert "interrupted" in lines[cells[2].id]
+    assert "not started" in lines[cells[3].id]

@@ -153,10 +153,13 @@ def _cells_table(spec, store) -> str:
 
     lines = []
     for cell in spec.cells:
-        state = {"state": "done"} if is_done(store, cell) else (store.read_state(cell.id) or {"state": "not started"})
+        if is_done(store, cell):
+            state = {"state": "done"}
+        else:
+            state = store.read_state(cell.id) or {"state": "not started"}
+            if state["state"] == "done":  # but rows are gone: `run` will redo the cell
+                state = {"state": "rows missing", "reason": f"expected rows under {store.root / 'rows' / cell.id}"}
         label = state["state"]
-        if label == "done":  # the state says done but rows are missing: `run` will redo the cell
-            label, state = "rows missing", {"reason": f"expected rows under {store.root / 'rows' / cell.id}"}
         if label == "running" and state.get("hostname") == socket.gethostname() and not _alive(state.get("pid")):
             label = "interrupted"
         detail = state.get("reason") or (state.get("log_dir") if label != "done" else "")

@@ -28,6 +28,17 @@ def reidbench(*args: str, env: dict[str, str], cwd: Path) -> subprocess.Complete
     return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=900)
 
 
+def smoke_variant(root: Path, name: str, **settings: str) -> Path:
+    """jobs/smoke.toml as grid `name`, with some `key = value` lines replaced."""
+    text = SMOKE.replace('name = "smoke"', f'name = "{name}"')
+    for key, value in settings.items():
+        text, found = re.subn(rf"^{key} = .*$", f"{key} = {value}", text, flags=re.M)
+        assert found == 1, key
+    path = root / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     root = tmp_path_factory.mktemp("smoke")
@@ -41,8 +52,7 @@ def smoke_runs(work):
     root, env = work
     trained_spec = root / "smoke.toml"
     trained_spec.write_text(SMOKE)
-    untrained_spec = root / "untrained.toml"
-    untrained_spec.write_text(re.sub(r"iterations = \d+", "iterations = 0", SMOKE).replace('name = "smoke"', 'name = "untrained"'))
+    untrained_spec = smoke_variant(root, "untrained", iterations="0")
     runs = {name: reidbench("run", str(spec), "--store", "store", env=env, cwd=root)
             for name, spec in (("trained", trained_spec), ("untrained", untrained_spec))}
     for name, run in runs.items():
@@ -106,11 +116,7 @@ def test_dry_run_and_status_list_cells_with_their_state(smoke_runs):
 
 def test_non_finite_loss_fails_the_cell_with_step_and_terms_and_writes_no_row(work):
     root, env = work
-    spec = root / "nan.toml"
-    text = SMOKE.replace('name = "smoke"', 'name = "nan"').replace('"resnet50"', '"resnet18"')
-    for key, value in (("iterations", "20"), ("lr", "1e30"), ("input_size", "[32, 16]")):
-        text = re.sub(rf"^{key} = .*$", f"{key} = {value}", text, flags=re.M)
-    spec.write_text(text)
+    spec = smoke_variant(root, "nan", backbones='["resnet18"]', iterations="20", lr="1e30", input_size="[32, 16]")
     run = reidbench("run", "nan.toml", "--store", "nanstore", env=env, cwd=root)
     assert run.returncode == 1, run.stdout + run.stderr
     (cell,) = load_spec(spec).cells
@@ -133,11 +139,7 @@ def test_missing_dataset_root_is_a_user_error(work):
 
 def test_a_worker_killed_by_a_signal_fails_the_cell_with_that_signal(work):
     root, env = work
-    spec = root / "kill.toml"
-    text = SMOKE.replace('name = "smoke"', 'name = "kill"').replace('"resnet50"', '"resnet18"')
-    for key, value in (("iterations", "100000"), ("input_size", "[32, 16]"), ("log_every", "1")):
-        text = re.sub(rf"^{key} = .*$", f"{key} = {value}", text, flags=re.M)
-    spec.write_text(text)
+    spec = smoke_variant(root, "kill", backbones='["resnet18"]', iterations="100000", input_size="[32, 16]", log_every="1")
     (cell,) = load_spec(spec).cells
     driver = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", "kill.toml", "--store", "killstore"],
                               cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

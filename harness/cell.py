@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from harness import data, provenance
 from harness.data.loader import shard_loader, test_transform, train_loader, train_transform
-from harness.data.sampler import PKBatchSampler
+from harness.data.sampler import PKBatchSampler, steps_per_epoch
 from harness.dist import DistEnv, gather_shards, init_distributed, shutdown
 from harness.evaluate import evaluate, pairwise_distance
 from harness.spec import Cell, DatasetConfig, Resources, SyntheticConfig, TrainConfig
@@ -79,12 +79,12 @@ def _run(cell: Cell, resources: Resources, store: Store, env: DistEnv, executor:
     torch.manual_seed(cell.seed * 1000 + env.rank)  # distinct augmentations per rank
 
     pin = env.device.type == "cuda"
-    steps_per_epoch = max(1, train_set.num_train_ids // config.ids_per_batch)
+    epoch_steps = steps_per_epoch(train_set.num_train_ids, config.ids_per_batch)
     sampler = PKBatchSampler(
         [s.pid for s in train_set.train],
         ids_per_batch=config.ids_per_batch,
         images_per_id=config.images_per_id,
-        steps=total_steps(config, steps_per_epoch),
+        steps=total_steps(config, epoch_steps),
         seed=cell.seed,
         rank=env.rank,
         world_size=env.world_size,
@@ -93,7 +93,7 @@ def _run(cell: Cell, resources: Resources, store: Store, env: DistEnv, executor:
     loader = train_loader(train_set.train, sampler, transform, num_workers=config.num_workers, pin_memory=pin)
     trained = DistributedDataParallel(model) if env.world_size > 1 else model
     optimizer = build_optimizer(model, config)
-    scheduler = build_scheduler(optimizer, config, steps_per_epoch)
+    scheduler = build_scheduler(optimizer, config, epoch_steps)
     log(
         f"training {cell.method}:{cell.variant} on {cell.backbone} for {sampler.steps} steps, "
         f"{train_set.num_train_ids} ids, {len(train_set.train)} images, world size {env.world_size}, {env.device}"

@@ -165,8 +165,7 @@ def test_cli_user_error_exits_2_with_one_paragraph_and_no_traceback(tmp_path, ca
 
 def test_installed_command_exits_2_without_traceback(tmp_path):
     spec = write(tmp_path, BASE + "batch = 3\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "status", str(spec)], capture_output=True, text=True, cwd=tmp_path
-    )
+    command = Path(sys.executable).parent / "reidbench"  # the console script pip installed
+    done = subprocess.run([str(command), "status", str(spec)], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert "unknown key 'batch' in [train]" in done.stderr and "Traceback" not in done.stderr

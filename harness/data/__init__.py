@@ -27,7 +27,6 @@ class Sample:
 @dataclass(frozen=True)
 class ReidData:
     name: str
-    root: Path
     train: list[Sample]
     query: list[Sample]
     gallery: list[Sample]
@@ -67,7 +66,7 @@ def load_dataset(name: str, root: str | Path) -> ReidData:
     """Read a dataset from its published layout under `root` (the folder that holds it)."""
     train, query, gallery = _LAYOUTS[name].read(Path(root))
     as_samples = lambda items: [Sample(str(p), pid, cam) for p, pid, cam in items]  # noqa: E731
-    return ReidData(name, Path(root), as_samples(train), as_samples(query), as_samples(gallery))
+    return ReidData(name, as_samples(train), as_samples(query), as_samples(gallery))
 
 
 def synthetic_root(name: str, *, ids: int, seed: int) -> Path:

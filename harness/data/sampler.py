@@ -12,6 +12,11 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 
+def steps_per_epoch(num_ids: int, ids_per_batch: int) -> int:
+    """An epoch draws every identity at most once."""
+    return num_ids // ids_per_batch
+
+
 class PKBatchSampler:
     def __init__(
         self,
@@ -25,10 +30,10 @@ class PKBatchSampler:
         world_size: int = 1,
         start_step: int = 0,
     ):
-        self.by_pid: dict[int, np.ndarray] = {}
+        indices: dict[int, list[int]] = {}
         for index, pid in enumerate(pids):
-            self.by_pid.setdefault(int(pid), []).append(index)  # type: ignore[arg-type]
-        self.by_pid = {pid: np.asarray(idx) for pid, idx in sorted(self.by_pid.items())}
+            indices.setdefault(int(pid), []).append(index)
+        self.by_pid = {pid: np.asarray(idx) for pid, idx in sorted(indices.items())}
         self.pid_list = np.asarray(list(self.by_pid))
         if ids_per_batch % world_size:
             raise ValueError(f"ids_per_batch ({ids_per_batch}) must be divisible by the world size ({world_size})")
@@ -39,7 +44,7 @@ class PKBatchSampler:
 
     @property
     def steps_per_epoch(self) -> int:
-        return len(self.pid_list) // self.p
+        return steps_per_epoch(len(self.pid_list), self.p)
 
     def __len__(self) -> int:
         return self.steps - self.start_step

@@ -75,6 +75,7 @@ def _run(args: argparse.Namespace) -> int:
     from harness.store import Store
 
     spec, store = load_spec(args.spec), Store(args.store)
+    executor = get_executor(args.executor)  # an unknown name is an error even when nothing is left to run
     if args.dry_run:
         print(_cells_table(spec, store))
         todo = sum(args.force or not is_done(store, c) for c in spec.cells)
@@ -85,7 +86,6 @@ def _run(args: argparse.Namespace) -> int:
         print(f"All {len(spec.cells)} cell(s) of grid {spec.name!r} are done in {store.root}/; nothing to run (--force reruns them).")
         _show_results(spec, store, args.reports)
         return 0
-    executor = get_executor(args.executor)
     _prepare_data(todo, spec.resources.world_size)
     print(f"Running {len(todo)} of {len(spec.cells)} cell(s) of grid {spec.name!r} with the {args.executor} executor.", flush=True)
     outcomes = executor(todo, spec.resources, store)

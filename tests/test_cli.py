@@ -1,8 +1,10 @@
-"""User errors the `run` command catches before any process starts."""
+"""The command line: help on every command, and the user errors caught before any process starts."""
 
 from __future__ import annotations
 
 import socket
+
+import pytest
 
 from harness.cli import main
 from harness.spec import load_spec
@@ -63,3 +65,21 @@ def test_status_tells_states_apart(tmp_path, capsys):
     assert "failed" in lines[cells[1].id] and "non-finite at step 4" in lines[cells[1].id]
     assert "interrupted" in lines[cells[2].id]
     assert "not started" in lines[cells[3].id]
+
+
+def test_every_command_has_help(capsys):
+    for command in ([], ["run"], ["status"], ["report"]):
+        with pytest.raises(SystemExit) as exit_:
+            main([*command, "--help"])
+        assert exit_.value.code == 0
+        assert capsys.readouterr().out.startswith(f"usage: reidbench {' '.join(command)}".rstrip())
+
+
+def test_unknown_executor_is_refused_before_anything_else(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("REIDBENCH_CACHE", str(tmp_path / "cache"))
+    spec = tmp_path / "spec.toml"
+    spec.write_text(SPEC.format(p=2, pretrained="false"))
+    # --dry-run would list the cells and stop; a misspelt executor must not pass for a valid one there either.
+    assert main(["run", str(spec), "--store", str(tmp_path / "store"), "--executor", "locl", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "--executor 'locl' is not an executor; did you mean 'local'?" in err

@@ -114,6 +114,23 @@ def test_dry_run_and_status_list_cells_with_their_state(smoke_runs):
     assert report.returncode == 0 and cell.id in report.stdout and (root / "reports" / "results.md").is_file()
 
 
+def test_force_reruns_a_done_cell_and_replaces_its_row(work):
+    root, env = work
+    spec = smoke_variant(root, "force", backbones='["resnet18"]', iterations="2", input_size="[32, 16]")
+    (cell,) = load_spec(spec).cells
+    store = Store(root / "forcestore")
+    first = reidbench("run", "force.toml", "--store", "forcestore", env=env, cwd=root)
+    assert first.returncode == 0, first.stdout + first.stderr
+    (before,) = store.read().rows
+    written = store.row_path(cell.id, "market1501", False).stat().st_mtime_ns
+    again = reidbench("run", "force.toml", "--store", "forcestore", "--force", env=env, cwd=root)
+    assert again.returncode == 0 and "Running 1 of 1 cell(s)" in again.stdout, again.stdout + again.stderr
+    (after,) = store.read().rows  # replaced, not duplicated
+    assert after["cell_id"] == before["cell_id"] == cell.id
+    assert after["started_at"] >= before["finished_at"]
+    assert store.row_path(cell.id, "market1501", False).stat().st_mtime_ns > written
+
+
 def test_non_finite_loss_fails_the_cell_with_step_and_terms_and_writes_no_row(work):
     root, env = work
     spec = smoke_variant(root, "nan", backbones='["resnet18"]', iterations="20", lr="1e30", input_size="[32, 16]")

@@ -32,4 +32,4 @@ def get_executor(name: str) -> Executor:
         from harness.executors.local import run_local
 
         return run_local
-    raise UserError(f"unknown executor {name!r}; {closest(name, EXECUTORS)}")
+    raise UserError(f"--executor {name!r} is not an executor; {closest(name, EXECUTORS)}")

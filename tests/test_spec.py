@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from harness.cli import main
 from harness.errors import UserError
-from harness.spec import load_spec
+from harness.spec import TrainConfig, load_spec
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -169,3 +171,13 @@ def test_installed_command_exits_2_without_traceback(tmp_path):
     done = subprocess.run([str(command), "status", str(spec)], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert "unknown key 'batch' in [train]" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_readme_spec_example_is_a_valid_spec(tmp_path):
+    readme = (REPO / "README.md").read_text()
+    (example,) = re.findall(r"```toml\n(.*?)```", readme, flags=re.S)
+    (cell,) = load_spec(write(tmp_path, example)).cells
+    assert cell.dataset("market1501").root == "/data/reid" and not cell.dataset("market1501").synthetic
+    documented = set(re.findall(r"^(\w+) = ", example, flags=re.M))
+    undocumented = {f.name for f in fields(TrainConfig)} - documented - {"epochs"}
+    assert not undocumented, f"README's spec example lacks [train] keys {sorted(undocumented)}"

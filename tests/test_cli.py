@@ -75,8 +75,7 @@ def test_every_command_has_help(capsys):
         assert capsys.readouterr().out.startswith(f"usage: reidbench {' '.join(command)}".rstrip())
 
 
-def test_unknown_executor_is_refused_before_anything_else(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("REIDBENCH_CACHE", str(tmp_path / "cache"))
+def test_unknown_executor_is_refused_before_anything_else(tmp_path, capsys):
     spec = tmp_path / "spec.toml"
     spec.write_text(SPEC.format(p=2, pretrained="false"))
     # --dry-run would list the cells and stop; a misspelt executor must not pass for a valid one there either.

@@ -3,6 +3,7 @@
 Layout under the store's root (``results/`` by default):
 
     rows/<cell id>/<test dataset>.<plain|rerank>.parquet   one row each
+    profiles/<profile id>.parquet                         one throughput/GPU profile row each
     cells/<cell id>/state.json                            running, done or failed (with the reason)
     cells/<cell id>/logs/                                 the processes' logs
 
@@ -72,9 +73,63 @@ SCHEMA = pa.schema(
 )
 
 
+# A profile row: how fast one (method, variant, backbone) trains and infers on one device set-up,
+# and how busy it keeps the GPUs. `reidbench profile` writes them (source "profile"), and so do
+# training cells (source "training", with their cell id). The GPU columns are null without an
+# NVIDIA GPU or NVML; `gpu_note` then says why.
+PROFILE_SCHEMA = pa.schema(
+    [
+        # identity
+        ("schema_version", pa.int32()),
+        ("profile_id", pa.string()),  # hash of the identity columns: a rerun replaces its row
+        ("source", pa.string()),  # "profile" | "training"
+        ("cell_id", pa.string()),  # null for `reidbench profile`
+        ("method", pa.string()),
+        ("variant", pa.string()),
+        ("backbone", pa.string()),
+        ("input_height", pa.int32()),
+        ("input_width", pa.int32()),
+        ("batch_size", pa.int32()),  # images per step over all ranks
+        ("world_size", pa.int32()),
+        ("precision", pa.string()),  # "fp32" | "bf16" | "fp16"
+        ("options", pa.string()),  # JSON of the speed options that were on (channels_last, compile, ...)
+        # throughput, warm-up excluded, device synchronised
+        ("train_steps", pa.int64()),
+        ("warmup_steps", pa.int64()),
+        ("train_images_per_second", pa.float64()),  # all ranks together
+        ("train_images_per_second_per_device", pa.float64()),
+        ("infer_images_per_second", pa.float64()),
+        # GPU figures, from NVML sampled in the background (means over the measured steps)
+        ("gpu_model", pa.string()),
+        ("gpu_count", pa.int32()),
+        ("peak_memory_bytes", pa.int64()),  # torch's peak allocated, max over ranks
+        ("sm_utilization", pa.float64()),  # percent
+        ("memory_utilization", pa.float64()),  # percent
+        ("power_watts", pa.float64()),
+        ("sm_clock_mhz", pa.float64()),
+        ("memory_clock_mhz", pa.float64()),
+        ("per_gpu", pa.string()),  # JSON list: the same means for each GPU
+        ("gpu_note", pa.string()),  # why the GPU columns are null, if they are
+        # provenance, as in result rows
+        ("git_sha", pa.string()),
+        ("git_dirty", pa.bool_()),
+        ("reidbench_version", pa.string()),
+        ("torch_version", pa.string()),
+        ("cuda_version", pa.string()),
+        ("hostname", pa.string()),
+        ("device", pa.string()),
+        ("executor", pa.string()),
+        ("started_at", pa.timestamp("s", tz="UTC")),
+        ("finished_at", pa.timestamp("s", tz="UTC")),
+        ("config", pa.string()),
+    ]
+)
+
+
 @dataclass
 class StoreContents:
     rows: list[dict[str, Any]] = field(default_factory=list)
+    profiles: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # files that were skipped, and why
 
 
@@ -92,39 +147,24 @@ class Store:
 
     def write_row(self, row: dict[str, Any]) -> Path:
         """Write one result row atomically; the same identity overwrites, never duplicates."""
-        missing, extra = set(SCHEMA.names) - set(row), set(row) - set(SCHEMA.names)
-        if missing or extra:
-            raise ValueError(f"result row does not match the schema: missing {sorted(missing)}, unknown {sorted(extra)}")
-        table = pa.Table.from_pylist([row], schema=SCHEMA)
-        path = self.row_path(row["cell_id"], row["test_dataset"], row["rerank"])
-        _atomic_write(path, lambda tmp: pq.write_table(table, tmp))
-        return path
+        path = self.row_path(row.get("cell_id"), row.get("test_dataset"), row.get("rerank"))
+        return _write_one(path, row, SCHEMA, "result row")
+
+    # -- profile rows ---------------------------------------------------------------------------
+
+    def profile_path(self, profile_id: str) -> Path:
+        return self.root / "profiles" / f"{profile_id}.parquet"
+
+    def write_profile(self, row: dict[str, Any]) -> Path:
+        """Write one profile row (PROFILE_SCHEMA) atomically; the same profile id overwrites."""
+        return _write_one(self.profile_path(row.get("profile_id")), row, PROFILE_SCHEMA, "profile row")
 
     def read(self) -> StoreContents:
-        """Every complete row, and a note for each file that was skipped."""
+        """Every complete result and profile row, and a note for each file that was skipped."""
         contents = StoreContents()
-        rows_dir = self.root / "rows"
-        if not rows_dir.is_dir():
-            return contents
-        for path in sorted(rows_dir.glob("*/*")):
-            if path.name.startswith("."):
-                contents.problems.append(f"{path}: partial write left by an interrupted run (ignored)")
-                continue
-            if path.suffix != ".parquet":
-                continue
-            try:
-                table = pq.read_table(path)
-            except (pa.ArrowException, OSError) as err:
-                contents.problems.append(f"{path}: unreadable, probably truncated (ignored): {err}")
-                continue
-            versions = set(table.column("schema_version").to_pylist()) if "schema_version" in table.column_names else {None}
-            if versions != {SCHEMA_VERSION}:
-                contents.problems.append(
-                    f"{path}: schema version {sorted(versions, key=str)} is not {SCHEMA_VERSION}, the one this "
-                    f"reidbench reads (ignored); read it with the reidbench version that wrote it"
-                )
-                continue
-            contents.rows.extend(table.to_pylist())
+        for pattern, rows in (("rows/*/*", contents.rows), ("profiles/*", contents.profiles)):
+            for path in sorted(self.root.glob(pattern)):
+                rows.extend(_read_one(path, contents.problems))
         return contents
 
     # -- cell state -----------------------------------------------------------------------------
@@ -146,6 +186,37 @@ class Store:
             return None
         except (OSError, json.JSONDecodeError):
             return {"cell_id": cell_id, "state": "unknown", "reason": f"unreadable state file {path}"}
+
+
+def _write_one(path: Path, row: dict[str, Any], schema: pa.Schema, what: str) -> Path:
+    missing, extra = set(schema.names) - set(row), set(row) - set(schema.names)
+    if missing or extra:
+        raise ValueError(f"{what} does not match the schema: missing {sorted(missing)}, unknown {sorted(extra)}")
+    table = pa.Table.from_pylist([row], schema=schema)
+    _atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+    return path
+
+
+def _read_one(path: Path, problems: list[str]) -> list[dict[str, Any]]:
+    """The rows of one file, or none with a note in `problems` saying why it was skipped."""
+    if path.name.startswith("."):
+        problems.append(f"{path}: partial write left by an interrupted run (ignored)")
+        return []
+    if path.suffix != ".parquet":
+        return []
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as err:
+        problems.append(f"{path}: unreadable, probably truncated (ignored): {err}")
+        return []
+    versions = set(table.column("schema_version").to_pylist()) if "schema_version" in table.column_names else {None}
+    if versions != {SCHEMA_VERSION}:
+        problems.append(
+            f"{path}: schema version {sorted(versions, key=str)} is not {SCHEMA_VERSION}, the one this "
+            f"reidbench reads (ignored); read it with the reidbench version that wrote it"
+        )
+        return []
+    return table.to_pylist()
 
 
 def _atomic_write(path: Path, write) -> None:

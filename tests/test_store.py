@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from harness.store import SCHEMA, Store
+from harness.store import PROFILE_SCHEMA, SCHEMA, Store
 
 
 def make_row(**overrides):
@@ -95,3 +95,39 @@ def test_cell_state(tmp_path):
     (store.cell_dir("c2")).mkdir(parents=True)
     (store.cell_dir("c2") / "state.json").write_text("{trunc")
     assert store.read_state("c2")["state"] == "unknown"
+
+
+def make_profile(**overrides):
+    row = {name: None for name in PROFILE_SCHEMA.names}
+    row.update(
+        schema_version=1, profile_id="p1", source="profile", method="baseline", variant="bnneck", backbone="resnet50",
+        input_height=256, input_width=128, batch_size=64, world_size=1, precision="fp32", options="{}",
+        train_steps=20, warmup_steps=5, train_images_per_second=100.0, train_images_per_second_per_device=100.0,
+        infer_images_per_second=400.0, gpu_note="no NVIDIA GPU", device="cpu", executor="local", config="{}",
+    )
+    row.update(overrides)
+    return row
+
+
+def test_profile_rows_round_trip_apart_from_result_rows(tmp_path):
+    store = Store(tmp_path)
+    store.write_row(make_row())
+    path = store.write_profile(make_profile(train_images_per_second=90.0))
+    store.write_profile(make_profile(train_images_per_second=120.0))  # same id: replaced
+    store.write_profile(make_profile(profile_id="p2", source="training", cell_id="abc123"))
+    assert path == tmp_path / "profiles" / "p1.parquet"
+    contents = store.read()
+    assert [r["cell_id"] for r in contents.rows] == ["abc123"]
+    assert [(p["profile_id"], p["train_images_per_second"]) for p in contents.profiles] == [("p1", 120.0), ("p2", 100.0)]
+    assert contents.profiles[0]["sm_utilization"] is None and contents.problems == []
+
+
+def test_profile_rows_are_checked_like_result_rows(tmp_path):
+    store = Store(tmp_path)
+    with pytest.raises(ValueError, match="profile row .*missing \\['method'\\]"):
+        store.write_profile({k: v for k, v in make_profile().items() if k != "method"})
+    path = store.write_profile(make_profile())
+    table = pq.read_table(path).set_column(0, "schema_version", pa.array([7], pa.int32()))
+    pq.write_table(table, path)
+    contents = store.read()
+    assert contents.profiles == [] and str(path) in contents.problems[0]

@@ -60,9 +60,14 @@ def _parser() -> argparse.ArgumentParser:
     store_option(status)
     status.set_defaults(command=_status)
 
-    report = sub.add_parser("report", help="print the results table from the store and write it as Markdown",
-                            description="Read every row of the store and render the results table.")
+    report = sub.add_parser("report", help="render the five papers' tables: published, measured and the difference",
+                            description="Render every results table of the five papers from the store: the published "
+                            "number, the measured one (mean over seeds) and the difference, with GPU throughput, "
+                            "cross-domain matrices and CMC curves. With no options: everything, in every format, under reports/.")
     store_option(report)
+    report.add_argument("--paper", default="all", help="ssp-reid, spreid, dsa-reid, scsn, gasm or all (default)")
+    report.add_argument("--table", type=int, metavar="N", help="only this table of --paper (also printed as Markdown)")
+    report.add_argument("--format", metavar="FORMAT", help="md, latex, html or csv (default: all four)")
     report.add_argument("--out", default=DEFAULT_REPORTS, type=Path, metavar="DIR", help=f"output folder (default: {DEFAULT_REPORTS}/)")
     report.set_defaults(command=_report)
     return parser
@@ -181,18 +186,19 @@ def _alive(pid: int | None) -> bool:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from harness.report import results_table, write_markdown
-    from harness.store import Store
+    from harness.report.build import FORMATS, write_report
+    from harness.report.render import markdown_table
 
-    store = Store(args.store)
-    contents = store.read()
-    _warn(contents.problems)
-    if not contents.rows:
-        print(f"The store {store.root}/ holds no results yet; `reidbench run jobs/smoke.toml` makes some.")
-        return 0
-    print(results_table(contents.rows))
-    path = write_markdown(args.out / "results.md", "Results", contents.rows)
-    print(f"\nWritten to {path}")
+    formats = FORMATS if args.format is None else (args.format,)
+    outcome = write_report(Path(args.store), args.out, paper=args.paper, table=args.table, formats=formats)
+    _warn(outcome.problems)
+    if args.table is not None:
+        print(markdown_table(outcome.tables[0]))
+    rows = [[t.spec.paper, t.spec.number, f"{t.measured}/{t.measurable}", t.published, t.synthetic or ""] for t in outcome.tables]
+    print(tabulate(rows, headers=["paper", "table", "measured", "published", "synthetic"], disable_numparse=True))
+    if not any(t.measured for t in outcome.tables):
+        print(f"\nThe store {args.store}/ has no measurements for these tables: they show the published values only.")
+    print(f"\nWrote {len(outcome.files)} file(s) under {args.out}/.")
     return 0
 
 

@@ -1,0 +1,253 @@
+"""A paper's table with the store's measurements beside each published number.
+
+The model is format-free: renderers (Markdown, LaTeX, HTML, CSV) only lay it out. Numbers are in
+percent, as the papers print them; the store keeps fractions.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from harness.report.mapping import Identity, identity
+from harness.report.reference import RefCell, TableSpec, is_uncertain, reference_cells
+
+DATASET_NAMES = {
+    "market1501": "Market-1501", "dukemtmc": "DukeMTMC-reID", "msmt17": "MSMT17", "cuhk01": "CUHK01",
+    "cuhk03": "CUHK03", "crowdreid": "Crowd-REID", "occludedreid": "Occluded-REID", "lip": "LIP",
+    "cuhk03-labeled": "CUHK03 (labeled)", "cuhk03-detected": "CUHK03 (detected)",
+    "crowd-reid": "Crowd-REID", "occluded-reid": "Occluded-REID",
+}
+METRIC_NAMES = {"mAP": "mAP", "rank1": "R1", "rank5": "R5", "rank10": "R10", "mINP": "mINP",
+                "overall_acc": "overall acc.", "mean_acc": "mean acc.", "mean_iou": "mean IoU"}
+_CUHK03_BOXES = {"cuhk03-labeled": "labeled", "cuhk03-detected": "detected"}
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A measured number in percent: the mean over seeds, their sample std (None for one seed) and count."""
+
+    mean: float
+    std: float | None
+    n: int
+    synthetic: bool
+
+
+@dataclass(frozen=True)
+class Cell:
+    published: str | None  # as printed; None where the paper prints nothing
+    identity: Identity | None  # None: a competitor's number, or data reidbench does not have
+    measure: Measure | None
+    footnote: int | None  # index into Table.footnotes (from 1)
+
+    @property
+    def decimals(self) -> int:
+        return max(1, len(self.published.partition(".")[2])) if self.published else 1
+
+    @property
+    def diff(self) -> float | None:
+        return None if self.measure is None or self.published is None else self.measure.mean - float(self.published)
+
+
+@dataclass(frozen=True)
+class Column:
+    group: str  # e.g. "Market-1501", "Market-1501 → Crowd-REID"
+    metric: str  # the CSV's metric name
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    backbone: str
+    cells: tuple[Cell, ...]
+
+
+@dataclass(frozen=True)
+class Block:
+    title: str | None
+    columns: tuple[Column, ...]
+    rows: tuple[Row, ...]
+
+
+@dataclass(frozen=True)
+class PaperTable:
+    spec: TableSpec
+    blocks: tuple[Block, ...]
+    footnotes: tuple[str, ...]
+    published: int  # cells with a published number
+    measurable: int  # ... that reidbench can measure
+    measured: int  # ... that the store has measured
+    synthetic: int  # measured cells whose numbers come from synthetic data
+    hidden_synthetic: int  # cells where real measurements replaced synthetic ones
+
+    @property
+    def name(self) -> str:
+        return f"{self.spec.paper} Table {self.spec.number}"
+
+    def summary(self) -> str:
+        """The caption's sentence on what was measured."""
+        if not self.measured:
+            text = (f"No measurements in the store for this table: published values only "
+                    f"({self.measurable} of its {self.published} cells are ones reidbench can measure).")
+        else:
+            text = f"{self.measured} of {self.measurable} measurable cells measured ({self.published} published cells in all)."
+        if self.synthetic:
+            text += (f" {self.synthetic} measured cell(s) come from SYNTHETIC data, marked 'syn': "
+                     f"they test the pipeline, not the method on the real dataset.")
+        if self.hidden_synthetic:
+            text += f" {self.hidden_synthetic} cell(s) have real measurements as well as synthetic ones; the real ones are shown."
+        return text
+
+
+def dataset_label(dataset: str, protocol: str = "") -> str:
+    name = DATASET_NAMES.get(dataset, dataset)
+    if dataset == "cuhk03" and protocol.startswith("cuhk03-"):
+        name = f"CUHK03 ({protocol.removeprefix('cuhk03-')})"
+    return name
+
+
+def index_rows(rows: Iterable[dict[str, Any]]) -> dict[Identity, list[dict[str, Any]]]:
+    """Store rows grouped by the identity a reference cell looks them up by."""
+    index: dict[Identity, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        key = Identity(r["method"], r["variant"], r["backbone"], r["train_dataset"], r["test_dataset"],
+                       r["protocol"], bool(r["rerank"]))
+        index[key].append(r)
+    return index
+
+
+def measure(rows: list[dict[str, Any]], metric: str) -> tuple[Measure | None, bool]:
+    """Mean ± std over seeds of one metric, real data preferred; and whether synthetic rows were set aside."""
+    real = [r for r in rows if not r["synthetic"] and r.get(metric) is not None]
+    synthetic = [r for r in rows if r["synthetic"] and r.get(metric) is not None]
+    chosen = real or synthetic
+    if not chosen:
+        return None, False
+    per_seed: dict[int, list[float]] = defaultdict(list)
+    for r in chosen:  # several rows of one seed (e.g. from two grids) count once, averaged
+        per_seed[r["seed"]].append(100.0 * r[metric])
+    values = [statistics.fmean(v) for _, v in sorted(per_seed.items())]
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return Measure(statistics.fmean(values), std, len(values), synthetic=not real), bool(real and synthetic)
+
+
+def build_table(spec: TableSpec, store_rows: Iterable[dict[str, Any]]) -> PaperTable:
+    """The paper's table (rows, columns and order as printed) with the store's numbers beside it."""
+    refs = [c for c in reference_cells() if c.paper == spec.paper and c.table == spec.number]
+    if not refs:
+        raise ValueError(f"no reference cells for {spec.paper} Table {spec.number}")
+    index = index_rows(store_rows)
+    footnotes: list[str] = []
+    counts = defaultdict(int)
+    blocks = []
+    for title, cells in _split_blocks(spec, refs):
+        columns = _columns(spec, cells)
+        by_row: dict[tuple, dict[tuple, RefCell]] = {}
+        for c in cells:
+            by_row.setdefault((c.method, c.variant, c.backbone, c.rerank), {})[_column_key(c)] = c
+        labels = _row_labels(list(by_row))
+        rows = []
+        for key, row_cells in by_row.items():
+            out = []
+            for column_key, _ in columns:
+                ref = row_cells.get(column_key)
+                out.append(_cell(ref, index, footnotes, counts) if ref else Cell(None, None, None, None))
+            rows.append(Row(labels[key], key[2], tuple(out)))
+        blocks.append(Block(title, tuple(col for _, col in columns), tuple(rows)))
+    return PaperTable(spec, tuple(blocks), tuple(footnotes), counts["published"], counts["measurable"],
+                      counts["measured"], counts["synthetic"], counts["hidden"])
+
+
+def _cell(ref: RefCell, index, footnotes: list[str], counts) -> Cell:
+    counts["published"] += 1
+    found = identity(ref)
+    result = None
+    if found is not None:
+        counts["measurable"] += 1
+        result, hidden = measure(index.get(found, []), ref.metric)
+        counts["measured"] += result is not None
+        counts["synthetic"] += result is not None and result.synthetic
+        counts["hidden"] += hidden
+    footnote = None
+    if is_uncertain(ref):
+        text = ref.note.replace("unrecovered.md", "caveats.md")
+        if text not in footnotes:
+            footnotes.append(text)
+        footnote = footnotes.index(text) + 1
+    return Cell(ref.value, found, result, footnote)
+
+
+def _split_blocks(spec: TableSpec, refs: list[RefCell]) -> list[tuple[str | None, list[RefCell]]]:
+    if spec.block_by is None:
+        return [(None, refs)]
+    blocks: dict[str, list[RefCell]] = {}
+    for c in refs:
+        blocks.setdefault(getattr(c, spec.block_by), []).append(c)
+    prefix = "Trained on " if spec.block_by == "train_dataset" else ""
+    return [(prefix + dataset_label(name), cells) for name, cells in blocks.items()]
+
+
+def _column_key(c: RefCell) -> tuple[str, str, str, str]:
+    return (c.train_dataset, c.test_dataset, c.protocol, c.metric)
+
+
+def _columns(spec: TableSpec, cells: list[RefCell]) -> list[tuple[tuple, Column]]:
+    """Columns in the paper's order: dataset groups as listed in the spec (else as first seen), metrics likewise."""
+    seen: dict[tuple, RefCell] = {}
+    for c in cells:
+        seen.setdefault(_column_key(c), c)
+    first = list(seen)
+
+    def group_rank(key):
+        dataset_protocol = f"{key[1]}/{key[2]}"
+        if dataset_protocol in spec.dataset_order:
+            return spec.dataset_order.index(dataset_protocol)
+        return len(spec.dataset_order) + [k[:3] for k in first].index(key[:3])
+
+    def metric_rank(key):
+        if key[3] in spec.metric_order:
+            return spec.metric_order.index(key[3])
+        return len(spec.metric_order) + first.index(key)
+
+    ordered = sorted(first, key=lambda k: (group_rank(k), metric_rank(k)))
+    result = []
+    for key in ordered:
+        train, test, protocol, metric = key
+        group = dataset_label(test, protocol)
+        if spec.block_by == "train_dataset" or train == test:
+            pass
+        else:
+            group = f"{dataset_label(train)} → {group}"
+        result.append((key, Column(group, metric)))
+    return result
+
+
+def _row_labels(keys: list[tuple[str, str, str, bool]]) -> dict[tuple, str]:
+    """The printed name; a variant or backbone where a name repeats; '+re-ranking' on re-ranked rows
+    whose name does not say so already."""
+    labels = {}
+    for key in keys:
+        method, variant, backbone, rerank = key
+        twins = [k for k in keys if k[0] == method and k[3] == rerank and k != key]
+        label = method
+        if twins and any(k[1] != variant for k in twins):
+            label = f"{method} ({variant})" if variant else method
+        elif twins and backbone:
+            label = f"{method} ({backbone})"
+        if rerank and not re.search(r"RR|ECN|re-?rank", method):
+            label += " +re-ranking"
+        labels[key] = label
+    return labels
+
+
+def paper_methods(paper: str) -> set[tuple[str, str, str]]:
+    """The (method, variant, backbone) identities that the paper's tables measure."""
+    found = set()
+    for ref in reference_cells():
+        if ref.paper == paper and (i := identity(ref)) is not None:
+            found.add((i.method, i.variant, i.backbone))
+    return found

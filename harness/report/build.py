@@ -20,7 +20,8 @@ _EXTENSIONS = {"md": "md", "latex": "tex", "csv": "csv"}
 class ReportOutcome:
     tables: list[PaperTable] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)  # store files that were skipped, and why
+    problems: list[str] = field(default_factory=list)  # store files that were skipped, and why (full paths)
+    notes: list[str] = field(default_factory=list)  # the same, paths relative to the store, for the report's pages
 
 
 def check_selection(paper: str, table: int | None) -> list[str]:
@@ -46,7 +47,7 @@ def write_report(store_root: Path, out: Path, *, paper: str = "all", table: int 
         raise UserError(f"--format {unknown[0]!r} is not a format; {closest(unknown[0], FORMATS)}")
     store = Store(store_root)
     contents = store.read()
-    outcome = ReportOutcome(problems=[_relative(p, store.root) for p in contents.problems])
+    outcome = ReportOutcome(problems=contents.problems, notes=[_relative(p, store.root) for p in contents.problems])
     rows, profiles = contents.rows, contents.profiles
     per_paper = {p: [build_table(s, rows) for s in table_specs(p) if table is None or s.number == table] for p in papers}
     outcome.tables = [t for tables in per_paper.values() for t in tables]
@@ -104,7 +105,7 @@ def _write_overview(out: Path, formats, rows, profiles, outcome: ReportOutcome, 
         for t in outcome.tables:
             summaries.setdefault(t.spec.paper, []).append(t)
         write("html/index.html", html.index_page(summaries, throughput, "img/throughput.png" if bars else None,
-                                                 cross, images, outcome.problems))
+                                                 cross, images, outcome.notes))
 
 
 def _index_markdown(outcome: ReportOutcome) -> str:
@@ -113,8 +114,8 @@ def _index_markdown(outcome: ReportOutcome) -> str:
     for t in outcome.tables:
         lines.append(f"| [{t.spec.paper}]({t.spec.paper}.md) | {t.spec.number} | {t.measured} | {t.measurable} | "
                      f"{t.published} | {t.synthetic} |")
-    if outcome.problems:
-        lines += ["", "Files of the store that were skipped:", ""] + [f"- {p}" for p in outcome.problems]
+    if outcome.notes:
+        lines += ["", "Files of the store that were skipped:", ""] + [f"- {p}" for p in outcome.notes]
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,290 @@
+"""Paper tables from a store built through the real store API: placement of every published number,
+measured cells (seeds, synthetic data, re-ranking), golden Markdown, determinism and bad input."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from harness.cli import main
+from harness.report.build import write_report
+from harness.report.mapping import identity
+from harness.report.reference import TABLES, reference_cells
+from harness.report.render import markdown_table
+from harness.report.tables import build_table
+from harness.store import PROFILE_SCHEMA, SCHEMA, Store
+
+GOLDEN = Path(__file__).parent / "golden"
+_WHEN = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def result_row(method="baseline", variant="bnneck", backbone="resnet50", train="market1501", test=None, seed=0,
+               rerank=False, synthetic=True, protocol="market", rank1=0.5, mAP=0.3, **extra):
+    row = {name: None for name in SCHEMA.names}
+    test = test or train
+    row.update(
+        schema_version=1, grid="g", cell_id=f"{method}-{variant}-{backbone}-{train}-{seed}-{int(synthetic)}",
+        method=method, variant=variant, backbone=backbone, train_dataset=train, test_dataset=test,
+        synthetic=synthetic, seed=seed, rerank=rerank, protocol=protocol, mAP=mAP, mINP=0.1, rank1=rank1,
+        rank5=min(1.0, rank1 + 0.1), rank10=min(1.0, rank1 + 0.15),
+        cmc=[min(1.0, rank1 + 0.01 * k) for k in range(60)], num_query=10, num_gallery=100, num_valid_queries=10,
+        iterations=5, train_seconds=1.0, train_images_per_second=30.0, eval_seconds=0.5, world_size=1,
+        executor="local", started_at=_WHEN, finished_at=_WHEN, config="{}",
+    )
+    row.update(extra)
+    return row
+
+
+def profile_row(profile_id, method="ssp-reid", variant="ssp", backbone="resnet50", gpu=True, **extra):
+    row = {name: None for name in PROFILE_SCHEMA.names}
+    row.update(
+        schema_version=1, profile_id=profile_id, source="profile", method=method, variant=variant, backbone=backbone,
+        input_height=256, input_width=128, batch_size=64, world_size=2 if gpu else 1, precision="bf16" if gpu else "fp32",
+        options="{}", train_steps=50, warmup_steps=10, train_images_per_second=1200.0 if gpu else 20.0,
+        train_images_per_second_per_device=600.0 if gpu else 20.0, infer_images_per_second=5000.0 if gpu else 80.0,
+        device="cuda" if gpu else "cpu", executor="local", started_at=_WHEN, finished_at=_WHEN, config="{}",
+    )
+    if gpu:
+        row.update(gpu_model="NVIDIA H100 80GB HBM3", gpu_count=2, peak_memory_bytes=12 * 2**30,
+                   sm_utilization=87.5, memory_utilization=40.0, power_watts=512.0, per_gpu="[]")
+    else:
+        row.update(gpu_note="no NVIDIA GPU")
+    row.update(extra)
+    return row
+
+
+def store_with(tmp_path, rows, profiles=()) -> Path:
+    store = Store(tmp_path / "store")
+    for r in rows:
+        store.write_row(r)
+    for p in profiles:
+        store.write_profile(p)
+    return store.root
+
+
+def spec(paper, number):
+    return next(t for t in TABLES if t.paper == paper and t.number == number)
+
+
+def cell_of(table, label, group, metric):
+    for block in table.blocks:
+        for row in block.rows:
+            if row.label == label:
+                for col, cell in zip(block.columns, row.cells):
+                    if col.group == group and col.metric == metric:
+                        return cell
+    raise AssertionError(f"no cell {label} / {group} / {metric}")
+
+
+# -- every published number, in its place --------------------------------------------------------
+
+
+@pytest.mark.parametrize("table_spec", TABLES, ids=lambda t: f"{t.paper}-{t.number}")
+def test_every_reference_number_appears_in_its_table(table_spec):
+    refs = [c for c in reference_cells() if c.paper == table_spec.paper and c.table == table_spec.number]
+    table = build_table(table_spec, [])
+    shown = Counter(cell.published for b in table.blocks for r in b.rows for cell in r.cells if cell.published)
+    assert shown == Counter(c.value for c in refs) and table.published == len(refs)
+    text = markdown_table(table)
+    for ref in refs:
+        assert f" {ref.value} " in text or f" {ref.value} [" in text, ref
+
+
+def test_the_reference_data_covers_the_five_papers_tables():
+    assert len(reference_cells()) == 1170
+    assert {(t.paper, t.number) for t in TABLES} == {(c.paper, c.table) for c in reference_cells()}
+    assert len(TABLES) == 2 + 6 + 4 + 6 + 4
+
+
+def test_reference_rows_map_to_store_identities():
+    by_key = {(c.paper, c.table, c.method, c.variant, c.test_dataset, c.protocol, c.rerank, c.metric): c for c in reference_cells()}
+    ssp = identity(by_key["ssp-reid", 4, "ResNet-M + SSP-ReID + RR", "SSP-ReID (full framework: S-ReID + SP-ReID)",
+                          "cuhk03", "cuhk03-detected", True, "mAP"])
+    assert (ssp.method, ssp.variant, ssp.backbone, ssp.test_dataset, ssp.protocol, ssp.rerank) == (
+        "ssp-reid", "ssp", "resnet50m", "cuhk03-detected", "market", True)
+    base = identity(by_key["ssp-reid", 3, "ResNet", "backbone only", "market1501", "", False, "rank1"])
+    assert (base.method, base.variant) == ("baseline", "bnneck")
+    gasm = identity(by_key["gasm", 1, "GASM", "FCN + pose layer + mask layer, guided adaptive spatial matching",
+                           "crowdreid", "", False, "rank1"])
+    assert (gasm.train_dataset, gasm.test_dataset) in {("market1501", "crowd-reid"), ("dukemtmc", "crowd-reid"),
+                                                       ("msmt17", "crowd-reid")}
+    spreid = identity(by_key["spreid", 2, "Model-L", "input 492x164", "cuhk03", "cuhk03-labeled", False, "rank1"])
+    assert (spreid.test_dataset, spreid.protocol) == ("cuhk03-labeled", "cuhk03-classic")
+    competitor = by_key["ssp-reid", 4, "HA-CNN", "", "market1501", "", False, "mAP"]
+    assert identity(competitor) is None
+
+
+# -- measured cells ------------------------------------------------------------------------------
+
+
+def test_seeds_are_averaged_with_std_and_count(tmp_path):
+    rows = [result_row(seed=s, rank1=r1, synthetic=False) for s, r1 in ((0, 0.80), (1, 0.82), (2, 0.84))]
+    table = build_table(spec("ssp-reid", 3), Store(store_with(tmp_path, rows)).read().rows)
+    cell = cell_of(table, "ResNet", "Market-1501", "rank1")
+    assert cell.measure.n == 3 and cell.measure.mean == pytest.approx(82.0) and cell.measure.std == pytest.approx(2.0)
+    assert cell.diff == pytest.approx(82.0 - 88.1)
+    line = next(line for line in markdown_table(table).splitlines() if line.startswith("| ResNet "))
+    assert "82.0 ± 2.0 (n=3)" in line and "-6.1" in line and " syn" not in line
+    assert table.measured == 2 and "2 of 160 measurable cells measured" in markdown_table(table)
+
+
+def test_synthetic_measurements_are_marked_and_captioned(tmp_path):
+    rows = [result_row(rank1=0.25, synthetic=True)]
+    table = build_table(spec("ssp-reid", 3), Store(store_with(tmp_path, rows)).read().rows)
+    assert cell_of(table, "ResNet", "Market-1501", "rank1").measure.synthetic
+    text = markdown_table(table)
+    assert "25.0 syn" in text and "SYNTHETIC" in text
+
+
+def test_a_store_mixing_real_and_synthetic_shows_the_real_ones(tmp_path):
+    rows = [result_row(rank1=0.25, synthetic=True), result_row(rank1=0.875, synthetic=False)]
+    table = build_table(spec("ssp-reid", 3), Store(store_with(tmp_path, rows)).read().rows)
+    cell = cell_of(table, "ResNet", "Market-1501", "rank1")
+    assert cell.measure.mean == pytest.approx(87.5) and not cell.measure.synthetic
+    text = markdown_table(table)
+    assert "87.5" in text and "25.0" not in text and "SYNTHETIC" not in text
+    assert table.hidden_synthetic == 2 and "the real ones are shown" in text
+
+
+def test_rerank_rows_come_from_the_stores_reranked_rows(tmp_path):
+    rows = [result_row("ssp-reid", "ssp", rank1=0.70, synthetic=False),
+            result_row("ssp-reid", "ssp", rank1=0.90, rerank=True, synthetic=False)]
+    table = build_table(spec("ssp-reid", 4), Store(store_with(tmp_path, rows)).read().rows)
+    assert cell_of(table, "ResNet + SSP-ReID", "Market-1501", "rank1").measure.mean == pytest.approx(70.0)
+    assert cell_of(table, "ResNet + SSP-ReID + RR", "Market-1501", "rank1").measure.mean == pytest.approx(90.0)
+    # SPReID prints its re-ranked rows as "+re-ranking" under the model they re-rank
+    spreid = build_table(spec("spreid", 6), [])
+    assert "Inception-V3 ft* +re-ranking" in [r.label for r in spreid.blocks[0].rows]
+
+
+def test_competitor_rows_show_the_published_value_alone(tmp_path):
+    table = build_table(spec("ssp-reid", 4), Store(store_with(tmp_path, [result_row(synthetic=False)])).read().rows)
+    line = next(line for line in markdown_table(table).splitlines() if line.startswith("| HA-CNN "))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[1:4] == ["75.7", "", ""]
+
+
+def test_uncertain_cells_carry_a_footnote():
+    text = markdown_table(build_table(spec("dsa-reid", 2), []))
+    pse = next(line for line in text.splitlines() if line.startswith("| PSE "))
+    assert "67.7 [" in pse and "86.6 [" in pse
+    assert "CAUTION" in text.split("| DSA-reID (pretrained on CUHK03)")[-1]
+
+
+def test_no_rows_renders_published_values_and_says_so(tmp_path):
+    text = markdown_table(build_table(spec("gasm", 3), []))
+    assert "No measurements in the store for this table: published values only" in text
+    assert "31.8" in text or "GASM" in text
+
+
+# -- golden Markdown, one table per paper --------------------------------------------------------
+
+
+def _golden_store(tmp_path) -> list[dict]:
+    rows = [
+        # SSP-ReID Table 4: the full framework on ResNet-50, plain and re-ranked, two seeds
+        *(result_row("ssp-reid", "ssp", seed=s, rank1=0.70 + 0.02 * s, mAP=0.40 + 0.01 * s, synthetic=False) for s in (0, 1)),
+        result_row("ssp-reid", "ssp", rank1=0.75, mAP=0.55, rerank=True, synthetic=False),
+        # SPReID Table 5 (CUHK03 labeled, classic protocol)
+        result_row("spreid", "wfg", "inception_v3", "cuhk03-labeled", protocol="cuhk03-classic", rank1=0.881, mAP=0.7),
+        # DSA-reID Table 5, synthetic data
+        result_row("dsa-reid", "full", rank1=0.912, mAP=0.801),
+        # SCSN Table 6, three seeds
+        *(result_row("scsn", "nmff-14-24-34", train="dukemtmc", seed=s, rank1=0.9 - 0.01 * s, mAP=0.78) for s in (0, 1, 2)),
+        # GASM Table 3, cross-domain
+        result_row("gasm", "full", train="market1501", test="dukemtmc", rank1=0.561, mAP=0.349, synthetic=False),
+    ]
+    return Store(store_with(tmp_path, rows)).read().rows
+
+
+@pytest.mark.parametrize("paper,number", [("ssp-reid", 4), ("spreid", 5), ("dsa-reid", 5), ("scsn", 6), ("gasm", 3)])
+def test_golden_markdown(tmp_path, paper, number):
+    text = markdown_table(build_table(spec(paper, number), _golden_store(tmp_path)))
+    golden = GOLDEN / f"{paper}-table{number}.md"
+    if os.environ.get("REIDBENCH_UPDATE_GOLDEN"):
+        golden.parent.mkdir(exist_ok=True)
+        golden.write_text(text)
+    assert text == golden.read_text()
+
+
+# -- the whole report: determinism, extras, bad input --------------------------------------------
+
+
+def _full_store(tmp_path) -> Path:
+    rows = [result_row(seed=s, rank1=0.8 + 0.01 * s, synthetic=False) for s in (0, 1)]
+    rows += [result_row("gasm", "full", train="market1501", test=t, rank1=0.4, synthetic=True)
+             for t in ("market1501", "dukemtmc", "crowd-reid")]
+    return store_with(tmp_path, rows, [profile_row("p-gpu"), profile_row("p-cpu", gpu=False)])
+
+
+def test_report_is_deterministic_to_the_byte(tmp_path):
+    root = _full_store(tmp_path)
+    first, second = tmp_path / "a", tmp_path / "b"
+    write_report(root, first)
+    write_report(root, second)
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
+    assert Path("html/img/cmc-market1501.png") in files and Path("html/img/throughput.png") in files
+    assert Path("html/index.html") in files and Path("gasm.tex") in files and Path("scsn.csv") in files
+    for name in files:
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+
+
+def test_report_has_throughput_cross_domain_and_pictures(tmp_path):
+    out = tmp_path / "out"
+    write_report(_full_store(tmp_path), out)
+    throughput = (out / "throughput.md").read_text()
+    assert "2 × NVIDIA H100 80GB HBM3" in throughput and "1200.0" in throughput and "600.0" in throughput
+    assert "12.00" in throughput and "87.5" in throughput and "| CPU " in throughput
+    cross = (out / "cross-domain.md").read_text()
+    assert "gasm:full on resnet50: train × test" in cross and "Crowd-REID" in cross and "40.0 syn / 30.0 syn" in cross
+    index = (out / "html" / "index.html").read_text()
+    assert 'src="img/throughput.png"' in index and 'href="gasm.html"' in index
+    gasm = (out / "html" / "gasm.html").read_text()
+    assert 'src="img/gasm-cmc-crowd-reid.png"' in gasm and (out / "html" / "img" / "gasm-cmc-crowd-reid.png").is_file()
+    assert (out / "html" / "img" / "gasm-cmc-crowd-reid.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_report_command_with_no_rows_writes_published_tables(tmp_path, capsys):
+    assert main(["report", "--store", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 0
+    assert "published values only" in capsys.readouterr().out
+    assert "| ResNet + SSP-ReID + RR " in (tmp_path / "out" / "ssp-reid.md").read_text()
+
+
+def test_report_one_table_in_one_format(tmp_path, capsys):
+    root = _full_store(tmp_path)
+    assert main(["report", "--store", str(root), "--paper", "ssp-reid", "--table", "3", "--format", "latex",
+                 "--out", str(tmp_path / "out")]) == 0
+    assert "| ResNet " in capsys.readouterr().out
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["ssp-reid-table3.tex"]
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--paper", "sspreid"], "did you mean 'ssp-reid'"),
+    (["--paper", "gasm", "--table", "7"], "Valid tables of gasm: 1, 2, 3, 4."),
+    (["--table", "3"], "needs --paper"),
+    (["--format", "pdf"], "Valid names: csv, html, latex, md."),
+])
+def test_bad_paper_table_or_format_lists_the_valid_ones(tmp_path, capsys, args, expected):
+    assert main(["report", "--store", str(tmp_path / "s"), "--out", str(tmp_path / "out"), *args]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+
+
+def test_rows_of_an_unknown_schema_version_are_refused_with_the_file_named(tmp_path, capsys):
+    root = store_with(tmp_path, [result_row(synthetic=False)])
+    future = result_row(cell_id="future", schema_version=99)
+    bad = root / "rows" / "future" / "market1501.plain.parquet"
+    bad.parent.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([future], schema=SCHEMA), bad)
+    assert main(["report", "--store", str(root), "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert str(bad) in err and "schema version [99]" in err
+    index = (tmp_path / "out" / "index.md").read_text()
+    assert "rows/future/market1501.plain.parquet: schema version [99]" in index

@@ -4,6 +4,8 @@ measured cells (seeds, synthetic data, re-ranking), golden Markdown, determinism
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from harness.cli import main
 from harness.report.build import write_report
@@ -288,3 +291,22 @@ def test_rows_of_an_unknown_schema_version_are_refused_with_the_file_named(tmp_p
     assert str(bad) in err and "schema version [99]" in err
     index = (tmp_path / "out" / "index.md").read_text()
     assert "rows/future/market1501.plain.parquet: schema version [99]" in index
+
+
+# -- what a browser shows -------------------------------------------------------------------------
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "screenshot-report.sh"
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (apt-get install chromium)")
+def test_a_paper_page_renders_in_headless_chromium(tmp_path):
+    out = tmp_path / "out"
+    write_report(store_with(tmp_path, [result_row(rank1=0.8, synthetic=False), result_row(rank1=0.3)]), out)
+    shot = tmp_path / "ssp-reid.png"
+    subprocess.run([str(SCRIPT), str(out / "html" / "ssp-reid.html"), str(shot), "1200x900"], check=True, timeout=120)
+    image = Image.open(shot).convert("RGB")
+    assert image.size == (1200, 900)
+    colours = image.getcolors(maxcolors=1 << 16)
+    assert colours is None or len(colours) > 20  # text, table borders and the tinted cells, not a blank page
+    # the table's header background (#f0f0f0) is on screen
+    assert any(c == (240, 240, 240) for _, c in (colours or []))

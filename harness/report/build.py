@@ -65,7 +65,7 @@ def write_report(store_root: Path, out: Path, *, paper: str = "all", table: int 
         if "html" in formats:
             mine = paper_methods(p)
             curves = extras.cmc_curves(r for r in rows if (r["method"], r["variant"], r["backbone"]) in mine)
-            images = [_cmc_image(out, f"{p}-cmc-{test}.png", test, c, outcome.files) for test, c in sorted(curves.items())]
+            images = [_cmc_image(out, f"{p}-cmc-{test}.png", test, c, outcome.files) for test, c in curves.items()]
             write(f"html/{p}{suffix}.html", html.paper_page(p, tables, images))
     if table is None and paper == "all":
         _write_overview(out, formats, rows, profiles, outcome, write)
@@ -100,7 +100,7 @@ def _write_overview(out: Path, formats, rows, profiles, outcome: ReportOutcome, 
         if bars:
             outcome.files.append(bars)
         curves = extras.cmc_curves(rows)
-        images = [_cmc_image(out, f"cmc-{test}.png", test, c, outcome.files) for test, c in sorted(curves.items())]
+        images = [_cmc_image(out, f"cmc-{test}.png", test, c, outcome.files) for test, c in curves.items()]
         summaries = {}
         for t in outcome.tables:
             summaries.setdefault(t.spec.paper, []).append(t)

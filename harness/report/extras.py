@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from harness.report.tables import Measure, dataset_label, measure
+from harness.report.tables import Measure, dataset_label, dataset_order, measure
 
 _THROUGHPUT_HEADERS = ("method", "backbone", "device", "world size", "precision", "batch",
                        "train img/s", "train img/s per device", "infer img/s", "peak memory (GiB)",
@@ -78,8 +78,8 @@ def cross_domain_tables(rows: Iterable[dict[str, Any]]) -> list[SimpleTable]:
             grouped[r["method"], r["variant"], r["backbone"]][r["train_dataset"], r["test_dataset"]].append(r)
     tables = []
     for (method, variant, backbone), cells in sorted(grouped.items()):
-        trains = sorted({t for t, _ in cells})
-        tests = sorted({t for _, t in cells})
+        trains = sorted({t for t, _ in cells}, key=dataset_order)
+        tests = sorted({t for _, t in cells}, key=dataset_order)
         body, synthetic = [], False
         for train in trains:
             line = [dataset_label(train)]
@@ -113,4 +113,4 @@ def cmc_curves(rows: Iterable[dict[str, Any]], ranks: int = 50) -> dict[str, dic
         mean = [100 * statistics.fmean(r["cmc"][k] for r in chosen) for k in range(length)]
         label = f"{method}:{variant} {backbone}" + ("" if train == test else f" (trained on {dataset_label(train)})")
         curves[test][label + ("" if real else " [syn]")] = mean
-    return dict(curves)
+    return {test: curves[test] for test in sorted(curves, key=dataset_order)}

@@ -24,7 +24,7 @@ DATASET_NAMES = {
 }
 METRIC_NAMES = {"mAP": "mAP", "rank1": "R1", "rank5": "R5", "rank10": "R10", "mINP": "mINP",
                 "overall_acc": "overall acc.", "mean_acc": "mean acc.", "mean_iou": "mean IoU"}
-_CUHK03_BOXES = {"cuhk03-labeled": "labeled", "cuhk03-detected": "detected"}
+_ORDER = ("market1501", "dukemtmc", "cuhk03-labeled", "cuhk03-detected", "cuhk01", "msmt17", "crowd-reid", "occluded-reid")
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,11 @@ class PaperTable:
         if self.hidden_synthetic:
             text += f" {self.hidden_synthetic} cell(s) have real measurements as well as synthetic ones; the real ones are shown."
         return text
+
+
+def dataset_order(name: str) -> tuple[int, str]:
+    """A sort key: the store's datasets in the papers' usual order, then any other by name."""
+    return (_ORDER.index(name) if name in _ORDER else len(_ORDER), name)
 
 
 def dataset_label(dataset: str, protocol: str = "") -> str:

@@ -105,6 +105,18 @@ def test_the_reference_data_covers_the_five_papers_tables():
     assert len(TABLES) == 2 + 6 + 4 + 6 + 4
 
 
+def test_reference_data_ships_in_the_package():
+    import tomllib
+    from fnmatch import fnmatch
+    from importlib import resources
+
+    root = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["harness.report"]
+    data = resources.files("harness.report") / "reference"
+    for name in ("paper_results.csv", "caveats.md"):
+        assert (data / name).is_file() and any(fnmatch(f"reference/{name}", p) for p in patterns)
+
+
 def test_reference_rows_map_to_store_identities():
     by_key = {(c.paper, c.table, c.method, c.variant, c.test_dataset, c.protocol, c.rerank, c.metric): c for c in reference_cells()}
     ssp = identity(by_key["ssp-reid", 4, "ResNet-M + SSP-ReID + RR", "SSP-ReID (full framework: S-ReID + SP-ReID)",

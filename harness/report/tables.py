@@ -90,7 +90,9 @@ class PaperTable:
 
     def summary(self) -> str:
         """The caption's sentence on what was measured."""
-        if not self.measured:
+        if not self.measurable:
+            text = f"reidbench measures nothing in this table: published values only ({self.published} cells)."
+        elif not self.measured:
             text = (f"No measurements in the store for this table: published values only "
                     f"({self.measurable} of its {self.published} cells are ones reidbench can measure).")
         else:

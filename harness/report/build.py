@@ -74,8 +74,7 @@ def write_report(store_root: Path, out: Path, *, paper: str = "all", table: int 
 
 def _write_overview(out: Path, formats, rows, profiles, outcome: ReportOutcome, write) -> None:
     """The pages across papers: throughput, cross-domain matrices, all CMC curves, and the index."""
-    from harness.report import plots
-    from harness.report import results_table
+    from harness.report import plots, results_table
 
     throughput = extras.throughput_table(profiles)
     cross = extras.cross_domain_tables(rows)

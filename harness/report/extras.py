@@ -57,7 +57,7 @@ def throughput_table(profiles: Iterable[dict[str, Any]]) -> SimpleTable:
                "Peak memory is torch's peak allocation (max over ranks); SM utilisation and power are NVML means "
                "over the measured steps. CPU runs have no GPU figures."]
     if not rows:
-        caption.append("The store holds no profile rows yet: `reidbench profile` or a training cell writes them.")
+        caption.append("The store holds no profile rows yet (profiling runs and training cells write them).")
     return SimpleTable("GPU throughput per method and backbone", tuple(caption), _THROUGHPUT_HEADERS, tuple(rows))
 
 

@@ -28,9 +28,6 @@ from harness.store import SCHEMA_VERSION, Store
 from harness.train import NonFiniteLoss, TrainResult, build_optimizer, build_scheduler, extract_features, total_steps, train
 from methods import create_model
 
-PROTOCOLS = {"market1501": "market"}
-
-
 def expected_rows(cell: Cell) -> list[tuple[str, bool]]:
     """The (test dataset, re-ranked) rows a finished cell has in the store."""
     return [(test, False) for test in cell.test_datasets]
@@ -130,7 +127,7 @@ def _result_row(cell: Cell, resources: Resources, test_set: data.ReidData, metri
         "synthetic": cell.dataset(test_set.name).synthetic,
         "seed": cell.seed,
         "rerank": False,
-        "protocol": PROTOCOLS[test_set.name],
+        "protocol": data.protocol(test_set.name),
         **{k: metrics[k] for k in ("mAP", "mINP", "rank1", "rank5", "rank10", "num_valid_queries")},
         "cmc": metrics["cmc"].tolist(),
         "num_query": len(test_set.query),
@@ -169,7 +166,7 @@ def _evaluate(model: torch.nn.Module, test_set: data.ReidData, config: TrainConf
             distmat,
             ids(test_set.query, "pid"), ids(test_set.gallery, "pid"),
             ids(test_set.query, "camid"), ids(test_set.gallery, "camid"),
-            protocol=PROTOCOLS[name],
+            protocol=data.protocol(name),
         )
     return metrics, time.perf_counter() - start
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 _H, _W = 128, 64
 _ROOT_NAME = "Market-1501-v15.09.15"
@@ -413,8 +413,24 @@ def _render(cam: _Camera, rng: np.random.Generator, person: _Person | None = Non
     return Rendering(out, cv.lab, _iuv(cv.dp), cv.fg, keypoints)
 
 
-def _save(img: np.ndarray, path: Path) -> None:
-    Image.fromarray(img).save(path, format="JPEG", quality=_JPEG_QUALITY)
+def saliency_map(mask: np.ndarray) -> np.ndarray:
+    """A saliency model's kind of output: the person, softened at its outline, 0-255."""
+    return np.asarray(Image.fromarray((mask * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(1.5)))
+
+
+def save(r: Rendering, root: Path, key: str, image: np.ndarray | None = None) -> None:
+    """Write a rendering as `root/key` (JPEG, PNG or TIFF by suffix) and its exact cues under root/cues/."""
+    from harness.data.cues import write_cues
+
+    path = root / key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = Image.fromarray(r.image if image is None else image)
+    if path.suffix == ".jpg":
+        pixels.save(path, format="JPEG", quality=_JPEG_QUALITY)
+    else:
+        pixels.save(path)
+    write_cues(root, key, lip=r.lip, iuv=r.iuv, mask=r.mask.astype(np.uint8) * 255, keypoints=r.keypoints,
+               saliency=saliency_map(r.mask))
 
 
 def _next_frame(rng: np.random.Generator, frames: np.ndarray, cam: int, seq: int, low: int, high: int) -> int:
@@ -434,10 +450,10 @@ def _write_identity(pid: int, test: bool, cams: list[_Camera], frames: np.ndarra
         frames[c, seq] += rng.integers(5, 40)
         query = rng.integers(n)
         for k in range(n):
-            img = _render(cams[c], rng, person, _make_shot(rng, view, facing)).image
+            rendering = _render(cams[c], rng, person, _make_shot(rng, view, facing))
             folder = "bounding_box_train" if not test else ("query" if k == query else "bounding_box_test")
             name = f"{pid:04d}_c{c + 1}s{seq + 1}_{_next_frame(rng, frames, c, seq, 2, 12):06d}_01.jpg"
-            _save(img, out / folder / name)
+            save(rendering, out.parent, f"{out.name}/{folder}/{name}")
 
 
 def _write_clutter(c: int, cam: _Camera, n: int, frames: np.ndarray, out: Path, seed: int) -> None:
@@ -451,12 +467,13 @@ def _write_clutter(c: int, cam: _Camera, n: int, frames: np.ndarray, out: Path, 
         else:  # a box too tight around part of a person, or around nobody
             shot = _make_shot(rng, "front", 1, scale=rng.uniform(1.5, 2.3), dy=rng.uniform(-60, 60))
             stranger = stranger if rng.random() < 0.5 else None
-        img = _render(cam, rng, stranger, shot).image
+        rendering = _render(cam, rng, stranger, shot)
+        img = rendering.image
         if junk:
             img = np.asarray(Image.fromarray(img).resize((8, 16), Image.BILINEAR).resize((_W, _H), Image.BILINEAR))
         frame = _next_frame(rng, frames, c, seq, 1, 30)
         name = f"{'-1' if junk else '0000'}_c{c + 1}s{seq + 1}_{frame:06d}_{rng.integers(1, 6):02d}.jpg"
-        _save(img, out / "bounding_box_test" / name)
+        save(rendering, out.parent, f"{out.name}/bounding_box_test/{name}", img)
 
 
 def write_market1501(root: Path | str, *, ids: int = 48, seed: int = 0) -> Path:

@@ -60,7 +60,8 @@ def _run(cell: Cell, resources: Resources, store: Store, env: DistEnv, executor:
     started = provenance.now()
     log = (lambda message: print(f"[{cell.id}] {message}", flush=True)) if env.is_main else (lambda message: None)
     config = cell.train
-    train_set = data.load_dataset(cell.train_dataset, dataset_root(cell.dataset(cell.train_dataset), cell.synthetic))
+    train_root = dataset_root(cell.dataset(cell.train_dataset), cell.synthetic)
+    train_set = data.load_dataset(cell.train_dataset, train_root)
 
     torch.manual_seed(cell.seed)  # identical initial weights on every rank
     model = create_model(
@@ -87,7 +88,8 @@ def _run(cell: Cell, resources: Resources, store: Store, env: DistEnv, executor:
         world_size=env.world_size,
     )
     transform = train_transform(config.input_size, flip=config.flip, padding=config.padding, random_erasing=config.random_erasing)
-    loader = train_loader(train_set.train, sampler, transform, num_workers=config.num_workers, pin_memory=pin)
+    loader = train_loader(train_set.train, sampler, transform, num_workers=config.num_workers, pin_memory=pin,
+                          cues=model.train_cues, cue_root=train_root, in_memory=config.in_memory)
     trained = DistributedDataParallel(model) if env.world_size > 1 else model
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, epoch_steps)
@@ -102,8 +104,9 @@ def _run(cell: Cell, resources: Resources, store: Store, env: DistEnv, executor:
     log(f"trained {result.iterations} steps in {result.seconds:.1f} s")
 
     for test_name, _ in expected_rows(cell):
-        test_set = train_set if test_name == cell.train_dataset else data.load_dataset(test_name, dataset_root(cell.dataset(test_name), cell.synthetic))
-        metrics, seconds = _evaluate(model, test_set, config, env, test_name)
+        test_root = dataset_root(cell.dataset(test_name), cell.synthetic)
+        test_set = train_set if test_name == cell.train_dataset else data.load_dataset(test_name, test_root)
+        metrics, seconds = _evaluate(model, test_set, config, env, test_name, test_root)
         if env.is_main:
             log(f"{test_name}: rank-1 {metrics['rank1']:.1%} mAP {metrics['mAP']:.1%} ({seconds:.1f} s)")
             store.write_row(_result_row(cell, resources, test_set, metrics, result, seconds, env, executor, started))
@@ -147,7 +150,8 @@ def _result_row(cell: Cell, resources: Resources, test_set: data.ReidData, metri
     }
 
 
-def _evaluate(model: torch.nn.Module, test_set: data.ReidData, config: TrainConfig, env: DistEnv, name: str) -> tuple[dict, float]:
+def _evaluate(model: torch.nn.Module, test_set: data.ReidData, config: TrainConfig, env: DistEnv, name: str,
+              root: Path) -> tuple[dict, float]:
     """Query and gallery features extracted in shards over ranks, then metrics on rank 0."""
     start = time.perf_counter()
     transform = test_transform(config.input_size)
@@ -156,6 +160,7 @@ def _evaluate(model: torch.nn.Module, test_set: data.ReidData, config: TrainConf
         loader = shard_loader(
             samples, transform, rank=env.rank, world_size=env.world_size,
             batch_size=config.eval_batch_size, num_workers=min(config.num_workers, 2), pin_memory=env.device.type == "cuda",
+            cues=model.test_cues, cue_root=root,
         )
         features.append(gather_shards(extract_features(model, loader, env.device), len(samples)))
     metrics = {}

@@ -92,7 +92,7 @@ def _read(path: Path, cue: str) -> np.ndarray:
         mode = "RGB" if cue == "densepose" else "L"
         if image.mode != mode:
             raise CueError(f"cue {cue}: {path} must be an {'RGB' if mode == 'RGB' else '8-bit grey'} PNG, it is mode {image.mode}.")
-        value = np.asarray(image)
+        value = np.array(image)  # a writable copy
     if cue == "parsing" and value.max(initial=0) >= NUM_LIP_LABELS:
         raise CueError(f"cue parsing: {path} holds label {value.max()}; LIP labels are 0-{NUM_LIP_LABELS - 1}.")
     if cue == "densepose" and value[..., 0].max(initial=0) > NUM_DENSEPOSE_PARTS:

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from torchvision.io import ImageReadMode, decode_image, read_file
 
 from harness.data import Sample
 from harness.data.cues import check_names, load_cue
@@ -30,9 +29,7 @@ def test_transform(size: tuple[int, int], *, heatmap_stride: int = 16) -> CueTra
 
 
 def decode(path: str) -> torch.Tensor:
-    """An image file as uint8 (3, H, W): libjpeg/libpng through torchvision, PIL for other formats."""
-    if path.lower().endswith((".jpg", ".jpeg", ".png")):
-        return decode_image(read_file(path), mode=ImageReadMode.RGB)
+    """An image file as uint8 (3, H, W)."""
     with Image.open(path) as image:
         return torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
 

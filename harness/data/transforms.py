@@ -60,7 +60,7 @@ class CueTransform:
             if self.padding:
                 image, maps = _pad_crop(image, maps, self.padding, self.size)
         pixels = image.float() / 255
-        out = {name: _finish(name, value, pixels, self.heatmap_stride) for name, value in maps.items()}
+        out = {name.removesuffix("_prob"): _finish(name, value, pixels, self.heatmap_stride) for name, value in maps.items()}
         image = F.normalize(pixels, MEAN, STD)
         if self.erase is not None:
             image = self.erase(image)

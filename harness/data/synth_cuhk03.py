@@ -123,3 +123,5 @@ def _write_new_protocol(path: Path, files: list[tuple[str, int, int]], ids: int,
     column = lambda values: np.asarray(values, np.float64).reshape(-1, 1)  # noqa: E731
     savemat(path, {"filelist": filelist, "labels": column([f[1] for f in files]), "camId": column([f[2] for f in files]),
                    "train_idx": column(train_idx), "query_idx": column(query_idx), "gallery_idx": column(gallery_idx)})
+    with open(path, "r+b") as f:  # scipy stamps the creation time into the header; same seed, same bytes
+        f.write(b"MATLAB 5.0 MAT-file Platform: posix, Created on: Thu Jan  1 00:00:00 1970".ljust(116))

@@ -24,13 +24,14 @@ class _Scene:
         self.seed = seed
         self.cams = [syn._make_camera(np.random.default_rng((seed, 1, c))) for c in range(cameras)]
 
-    def shots(self, pid: int, cam: int, n: int, *, occlusion: float = 0.12, stream: int = 5) -> list[syn.Rendering]:
+    def shots(self, pid: int, cam: int, n: int, *, occlusion: float = 0.12, heavy: bool = False,
+              stream: int = 5) -> list[syn.Rendering]:
         """`n` images of person `pid` in camera `cam`: one tracklet, so one viewpoint with jitter."""
         person = syn._make_person(np.random.default_rng((self.seed, 3, pid)))
         rng = np.random.default_rng((self.seed, stream, pid, cam))
         view = ("front", "back", "side")[rng.choice(3, p=self.cams[cam].view_p)]
         facing = int(rng.choice((-1, 1)))
-        return [syn._render(self.cams[cam], rng, person, syn._make_shot(rng, view, facing), occlusion) for _ in range(n)]
+        return [syn._render(self.cams[cam], rng, person, syn._make_shot(rng, view, facing), occlusion, heavy) for _ in range(n)]
 
 
 def _split_ids(rng: np.random.Generator, ids: int) -> tuple[np.ndarray, np.ndarray]:
@@ -102,7 +103,7 @@ def write_occluded_reid(root: Path, *, ids: int, seed: int) -> Path:
     scene = _Scene(seed, 2)
     for pid in range(1, ids + 1):
         for cam, (split, occlusion) in enumerate((("occluded_body_images", 1.0), ("whole_body_images", 0.0))):
-            for k, r in enumerate(scene.shots(pid, cam, 5, occlusion=occlusion)):
+            for k, r in enumerate(scene.shots(pid, cam, 5, occlusion=occlusion, heavy=True)):
                 syn.save(r, root, f"Occluded_REID/{split}/{pid:03d}/{pid:03d}_{k + 1:02d}.tif")
     return root / "Occluded_REID"
 

@@ -373,9 +373,13 @@ def _background(cv: _Canvas, cam: _Camera, rng: np.random.Generator) -> None:
         cv.img[np.abs(cv.xx - px - shift) < 2.5] = cam.pole_colour
 
 
-def _occlude(cv: _Canvas, rng: np.random.Generator) -> None:
-    """Something (a passer-by, a bench) hides the bottom or one side; hidden pixels are not the person."""
-    if rng.random() < 0.5:
+def _occlude(cv: _Canvas, rng: np.random.Generator, heavy: bool = False) -> None:
+    """Something (a passer-by, a bench) hides the bottom or one side; hidden pixels are not the person.
+    A heavy occluder (Occluded-REID's) always covers a third to a half of the crop."""
+    if heavy:
+        mask = cv.rect(rng.uniform(55, 85), _H, -1, _W) if rng.random() < 0.5 else (
+            cv.rect(-1, _H, *((0, rng.uniform(24, 32)) if rng.random() < 0.5 else (rng.uniform(32, 40), _W))))
+    elif rng.random() < 0.5:
         mask = cv.rect(rng.uniform(60, 110), _H, -1, _W)
     else:
         mask = cv.rect(-1, _H, *((0, rng.uniform(10, 22)) if rng.random() < 0.5 else (rng.uniform(42, 54), _W)))
@@ -394,7 +398,7 @@ class Rendering:
 
 
 def _render(cam: _Camera, rng: np.random.Generator, person: _Person | None = None,
-            shot: _Shot | None = None, occlusion: float = 0.12) -> Rendering:
+            shot: _Shot | None = None, occlusion: float = 0.12, heavy: bool = False) -> Rendering:
     """Render one crop with its cues; `occlusion` is the chance that something hides part of it."""
     yy, xx = (a.astype(np.float32) for a in np.mgrid[0:_H, 0:_W])
     cv = _Canvas(np.empty((_H, _W, 3), np.float32), np.zeros((_H, _W), np.uint8), np.zeros((_H, _W), np.uint8),
@@ -404,7 +408,7 @@ def _render(cam: _Camera, rng: np.random.Generator, person: _Person | None = Non
     if person is not None and shot is not None:
         body = _draw_person(cv, person, shot)
     if rng.random() < occlusion:
-        _occlude(cv, rng)
+        _occlude(cv, rng, heavy)
     light = cam.gain * cam.cast * (1 + 0.2 * (yy / _H - 0.5))[..., None]
     out = np.clip(cv.img * light + rng.normal(0, cam.noise, cv.img.shape), 0, 255).astype(np.uint8)
     if cam.soft:  # a lower-resolution camera

@@ -87,7 +87,8 @@ def _run(cell: Cell, resources: Resources, store: Store, env: DistEnv, executor:
         rank=env.rank,
         world_size=env.world_size,
     )
-    transform = train_transform(config.input_size, flip=config.flip, padding=config.padding, random_erasing=config.random_erasing)
+    transform = train_transform(config.input_size, flip=config.flip, padding=config.padding, random_erasing=config.random_erasing,
+                                heatmap_stride=_feature_stride(config))
     loader = train_loader(train_set.train, sampler, transform, num_workers=config.num_workers, pin_memory=pin,
                           cues=model.train_cues, cue_root=train_root, in_memory=config.in_memory)
     trained = DistributedDataParallel(model) if env.world_size > 1 else model
@@ -154,7 +155,7 @@ def _evaluate(model: torch.nn.Module, test_set: data.ReidData, config: TrainConf
               root: Path) -> tuple[dict, float]:
     """Query and gallery features extracted in shards over ranks, then metrics on rank 0."""
     start = time.perf_counter()
-    transform = test_transform(config.input_size)
+    transform = test_transform(config.input_size, heatmap_stride=_feature_stride(config))
     features = []
     for samples in (test_set.query, test_set.gallery):
         loader = shard_loader(
@@ -174,6 +175,11 @@ def _evaluate(model: torch.nn.Module, test_set: data.ReidData, config: TrainConf
             protocol=data.protocol(name),
         )
     return metrics, time.perf_counter() - start
+
+
+def _feature_stride(config: TrainConfig) -> int:
+    """The backbone's output stride, so pose heatmaps come at the feature map's size."""
+    return 16 if config.last_stride == 1 else 32
 
 
 def _record_failure(store: Store, cell: Cell, rank: int, attempt: str, err: BaseException) -> None:

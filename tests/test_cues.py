@@ -162,3 +162,40 @@ def test_malformed_cues_name_the_file(tmp_path, cue, content, message):
         Image.fromarray(np.zeros((8, 4), np.uint8)).save(path)
     with pytest.raises(CueError, match=message):
         load_cue(tmp_path, cue, "q/1.jpg", (8, 4))
+
+
+class PartPooling(torch.nn.Module):
+    """A tiny method that declares a cue: features pooled by the 5 parsing regions (SPReID-like)."""
+
+    train_cues, test_cues, embedding_dim = ("parsing",), ("parsing",), 40
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.classifier = torch.nn.Linear(40, num_classes)
+
+    def forward(self, images, cues):
+        maps = self.conv(images)
+        pooled = torch.einsum("nchw,nrhw->nrc", maps, cues["parsing"]).flatten(1)
+        return {"logits": self.classifier(pooled)} if self.training else pooled
+
+    def losses(self, outputs, pids):
+        return {"id": torch.nn.functional.cross_entropy(outputs["logits"], pids)}
+
+
+def test_a_method_that_declares_cues_trains_and_extracts_with_them(market):
+    from harness.data.sampler import PKBatchSampler
+    from harness.train import extract_features, train
+
+    d = data.load_dataset("market1501", market)
+    model = PartPooling(d.num_train_ids)
+    sampler = PKBatchSampler([s.pid for s in d.train], ids_per_batch=2, images_per_id=2, steps=3, seed=0)
+    batches = loader.train_loader(d.train, sampler, loader.train_transform((64, 32), flip=0.5, padding=4, random_erasing=0.5),
+                                  num_workers=0, pin_memory=False, cues=model.train_cues, cue_root=market, in_memory=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    result = train(model, model.losses, batches, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
+                   device=torch.device("cpu"), log=lambda message: None)
+    assert result.iterations == 3 and np.isfinite(result.losses["id"])
+    shards = loader.shard_loader(d.query, loader.test_transform((64, 32)), rank=0, world_size=1, batch_size=8, num_workers=0,
+                                 pin_memory=False, cues=model.test_cues, cue_root=market)
+    assert extract_features(model, shards, torch.device("cpu")).shape == (len(d.query), 40)

@@ -13,9 +13,11 @@ from harness import data
 from harness.data.cues import CUES, CueError, cue_path, load_cue
 from harness.data import loader
 from harness.data.synth_layouts import _Scene, write_layout
-from harness.data.transforms import DENSEPOSE_FLIP, KEYPOINT_FLIP, LIP_FLIP, CueTransform, _hflip, dsap_images
+from harness.data.transforms import DENSEPOSE_FLIP, KEYPOINT_FLIP, CueTransform, dsap_images
 
 LEFT_ARM, RIGHT_ARM = 14, 15
+LIP_FLIP = np.arange(20)  # a mirrored person's LIP labels: left and right arms, legs and shoes swap
+LIP_FLIP[14:20] = [15, 14, 17, 16, 19, 18]
 
 
 def front_view_shot(seed: int = 0):
@@ -65,14 +67,18 @@ def test_flip_moves_parsing_and_keypoints_with_the_body():
         assert (x, y) == (63 - x0, y0)
 
 
-def test_flip_swaps_densepose_parts():
+def test_flip_swaps_the_dsap_images_of_left_and_right_parts():
     r = front_view_shot()
     image = torch.from_numpy(r.image.copy()).permute(2, 0, 1).contiguous()
-    maps = {"densepose": torch.from_numpy(r.iuv.transpose(2, 0, 1).copy()), "pose": torch.from_numpy(r.keypoints.copy())}
-    _, out = _hflip(image, maps)
-    x, y = out["pose"][6, :2].floor().int().tolist()  # the flipped right wrist
-    assert int(out["densepose"][0, y, x]) in (20, 22)  # a right lower arm
-    assert (out["densepose"][0].numpy() == DENSEPOSE_FLIP[np.fliplr(r.iuv[..., 0])]).all()
+    plain = CueTransform((128, 64), train=False)
+    flipped = CueTransform((128, 64), train=True, flip=1.0, padding=0, random_erasing=0)
+    dsap0 = plain(image, {"densepose": r.iuv})[1]["densepose"]
+    dsap1 = flipped(image, {"densepose": r.iuv})[1]["densepose"]
+    for part in range(1, 25):  # the flipped person's part shows what the original's mirror part showed
+        assert torch.equal(dsap1[part - 1], dsap0[DENSEPOSE_FLIP[part] - 1])
+    assert DENSEPOSE_FLIP[19] == 20 and DENSEPOSE_FLIP[1] == 1  # left/right lower arm swap, torso stays
+    part = 19 if (r.iuv[..., 0] == 19).any() else 21  # lower left arm, front or back
+    assert (r.iuv[..., 0] == part).any() and not torch.equal(dsap0[part - 1], dsap0[part])  # left and right differ
 
 
 def test_crop_and_resize_keep_keypoints_on_the_body():

@@ -44,6 +44,8 @@ def _cameras_of(rng: np.random.Generator, cameras: int, low: int, high: int) -> 
 
 
 def write_market1501(root: Path, *, ids: int, seed: int) -> Path:
+    if ids > 1501:
+        raise UserError(f"--ids {ids}: Market-1501's names allow at most 1501 persons (pids 0001-1501).")
     return syn.write_market1501(root, ids=ids, seed=seed)
 
 

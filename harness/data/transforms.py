@@ -2,8 +2,11 @@
 
 Resize, horizontal flip and random crop with padding apply the same geometry to the image and to
 every cue (label maps with nearest-neighbour sampling, probability maps bilinearly, keypoints as
-coordinates); a flip also swaps left and right LIP labels, DensePose parts and keypoints. Random
-erasing and normalisation touch the image only. The cues then take the form methods consume:
+coordinates); a flip also swaps left and right keypoints and DensePose parts. LIP labels are grouped
+into the 5 regions first, which have no sides, so their left/right swap needs no work. DSAP images
+are warped from the decoded image at its own resolution (as DSA-reID warps the original); they live
+in UV space, so resize and crop leave them be and a flip swaps the left and right parts' images.
+Random erasing and normalisation touch the image only. The cues then take the form methods consume:
 
 ==========  =====================  =========================================================
 cue         tensor                 meaning
@@ -30,16 +33,13 @@ DSAP_SIZE = 32
 
 # LIP (20 labels) -> the 5 regions of SPReID/SSP-ReID; region 0 (foreground) is every non-background label.
 _HEAD, _UPPER, _LOWER, _SHOES = (1, 2, 4, 13), (3, 5, 6, 7, 10, 11, 14, 15), (8, 9, 12, 16, 17), (18, 19)
-LIP_FLIP = np.arange(20)
-LIP_FLIP[[14, 15, 16, 17, 18, 19]] = [15, 14, 17, 16, 19, 18]
 DENSEPOSE_FLIP = np.arange(25)
 for _a, _b in ((3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16), (17, 18), (19, 20), (21, 22), (23, 24)):
     DENSEPOSE_FLIP[[_a, _b]] = [_b, _a]
 KEYPOINT_FLIP = np.asarray([0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11])
-_REGIONS = np.zeros((20, 5), np.float32)
-_REGIONS[1:, 0] = 1
+_COARSE = np.zeros(256, np.uint8)  # LIP label -> 0 background, 1 head, 2 upper, 3 lower body, 4 shoes
 for _region, _labels in enumerate((_HEAD, _UPPER, _LOWER, _SHOES), 1):
-    _REGIONS[list(_labels), _region] = 1
+    _COARSE[list(_labels)] = _region
 
 
 class CueTransform:
@@ -52,15 +52,21 @@ class CueTransform:
         self.heatmap_stride = heatmap_stride
 
     def __call__(self, image: torch.Tensor, cues: dict[str, np.ndarray]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        maps = _as_tensors(cues)
+        flip = bool(self.train and self.flip and torch.rand(()) < self.flip)
+        out = {}
+        if "densepose" in cues:
+            iuv = torch.from_numpy(np.ascontiguousarray(cues["densepose"].transpose(2, 0, 1)))
+            out["densepose"] = dsap_images(image.float() / 255, iuv)
+            if flip:
+                out["densepose"] = out["densepose"][torch.from_numpy(DENSEPOSE_FLIP[1:] - 1)]
+        maps = _as_tensors({name: value for name, value in cues.items() if name != "densepose"})
         image, maps = _resize(image, maps, self.size)
-        if self.train:
-            if self.flip and torch.rand(()) < self.flip:
-                image, maps = _hflip(image, maps)
-            if self.padding:
-                image, maps = _pad_crop(image, maps, self.padding, self.size)
+        if flip:
+            image, maps = _hflip(image, maps)
+        if self.train and self.padding:
+            image, maps = _pad_crop(image, maps, self.padding, self.size)
         pixels = image.float() / 255
-        out = {name.removesuffix("_prob"): _finish(name, value, pixels, self.heatmap_stride) for name, value in maps.items()}
+        out.update({name.removesuffix("_prob"): _finish(name, value, self.size, self.heatmap_stride) for name, value in maps.items()})
         image = F.normalize(pixels, MEAN, STD)
         if self.erase is not None:
             image = self.erase(image)
@@ -77,14 +83,14 @@ def _as_tensors(cues: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         elif name == "parsing" and value.ndim == 3:
             out["parsing_prob"] = torch.from_numpy(value)
         elif name == "parsing":
-            out[name] = torch.from_numpy(np.ascontiguousarray(value))[None]
+            out[name] = torch.from_numpy(_COARSE[value])[None]
         else:
             out[name] = torch.from_numpy(value.astype(np.float32) / 255)[None]
     return out
 
 
 def _is_label(name: str) -> bool:
-    return name in ("parsing", "densepose")
+    return name == "parsing"
 
 
 def _resize(image: torch.Tensor, maps: dict, size: tuple[int, int]):
@@ -110,11 +116,6 @@ def _hflip(image: torch.Tensor, maps: dict):
             value[:, 0] = torch.where(value[:, 2] > 0, w - value[:, 0], value[:, 0])
         else:
             value = F.horizontal_flip(value)
-            if name == "parsing":
-                value = torch.from_numpy(LIP_FLIP).to(value.dtype)[value.long()]
-            elif name == "densepose":
-                value = value.clone()
-                value[0] = torch.from_numpy(DENSEPOSE_FLIP).to(value.dtype)[value[0].long()]
         out[name] = value
     return F.horizontal_flip(image), out
 
@@ -135,16 +136,14 @@ def _pad_crop(image: torch.Tensor, maps: dict, padding: int, size: tuple[int, in
     return crop(image), out
 
 
-def _finish(name: str, value: torch.Tensor, pixels: torch.Tensor, stride: int):
+def _finish(name: str, value: torch.Tensor, size: tuple[int, int], stride: int):
     if name == "parsing":
-        groups = torch.from_numpy(_REGIONS)[value[0].long()].permute(2, 0, 1)
-        return _l1(groups)
+        regions = value[0]
+        return _l1(torch.stack([regions > 0] + [regions == r for r in range(1, 5)]).float())
     if name == "parsing_prob":
         return _l1(value.float())
-    if name == "densepose":
-        return dsap_images(pixels, value)
     if name == "pose":
-        return heatmaps(value, pixels.shape[-2:], stride)
+        return heatmaps(value, size, stride)
     return value
 
 
@@ -166,8 +165,8 @@ def dsap_images(pixels: torch.Tensor, iuv: torch.Tensor, size: int = DSAP_SIZE) 
     return (out - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
 
 
-def heatmaps(keypoints: torch.Tensor, size, stride: int, sigma: float = 1.0) -> torch.Tensor:
-    """One Gaussian per keypoint on the (H/stride, W/stride) grid, peak = its score (0: none)."""
+def heatmaps(keypoints: torch.Tensor, size: tuple[int, int], stride: int, sigma: float = 1.0) -> torch.Tensor:
+    """One Gaussian per keypoint on the (H/stride, W/stride) grid of an input of `size`, peak = its score (0: none)."""
     h, w = int(size[0]) // stride, int(size[1]) // stride
     ys = (torch.arange(h, dtype=torch.float32) + 0.5)[:, None]
     xs = (torch.arange(w, dtype=torch.float32) + 0.5)[None]

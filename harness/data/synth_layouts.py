@@ -44,8 +44,6 @@ def _cameras_of(rng: np.random.Generator, cameras: int, low: int, high: int) -> 
 
 
 def write_market1501(root: Path, *, ids: int, seed: int) -> Path:
-    if ids > 1501:
-        raise UserError(f"--ids {ids}: Market-1501's names allow at most 1501 persons (pids 0001-1501).")
     return syn.write_market1501(root, ids=ids, seed=seed)
 
 
@@ -140,12 +138,17 @@ LAYOUTS: dict[str, Callable[..., Path]] = {
 }
 
 
+_MAX_IDS = {"market1501": 1501, "dukemtmc": 3999, "cuhk01": 9999, "occluded-reid": 999, "folder": 9999}
+
+
 def write_layout(layout: str, root: Path | str, *, ids: int, seed: int) -> Path:
     """Write the synthetic `layout` under `root`; returns the dataset's top folder."""
     if layout not in LAYOUTS:
         raise UserError(f"unknown synthetic layout {layout!r}; {closest(layout, LAYOUTS)}")
     if ids < 4:
         raise UserError(f"--ids {ids}: a synthetic dataset needs at least 4 persons (train and test halves of 2).")
+    if ids > _MAX_IDS.get(layout, ids):
+        raise UserError(f"--ids {ids}: {layout}'s file names allow at most {_MAX_IDS[layout]} persons.")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     return LAYOUTS[layout](root, ids=ids, seed=seed)

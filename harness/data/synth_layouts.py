@@ -146,9 +146,10 @@ def write_layout(layout: str, root: Path | str, *, ids: int, seed: int) -> Path:
     if layout not in LAYOUTS:
         raise UserError(f"unknown synthetic layout {layout!r}; {closest(layout, LAYOUTS)}")
     if ids < 4:
-        raise UserError(f"--ids {ids}: a synthetic dataset needs at least 4 persons (train and test halves of 2).")
+        raise UserError(f"{ids} persons asked for (--ids, or [synthetic] ids in a spec): a synthetic dataset needs at least 4.")
     if ids > _MAX_IDS.get(layout, ids):
-        raise UserError(f"--ids {ids}: {layout}'s file names allow at most {_MAX_IDS[layout]} persons.")
+        raise UserError(f"{ids} persons asked for (--ids, or [synthetic] ids in a spec): {layout}'s file names number at most "
+                        f"{_MAX_IDS[layout]}.")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     return LAYOUTS[layout](root, ids=ids, seed=seed)

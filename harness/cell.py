@@ -28,9 +28,6 @@ from harness.store import SCHEMA_VERSION, Store
 from harness.train import NonFiniteLoss, TrainResult, build_optimizer, build_scheduler, extract_features, total_steps, train
 from methods import create_model
 
-PROTOCOLS = {"market1501": "market"}
-
-
 def expected_rows(cell: Cell) -> list[tuple[str, bool]]:
     """The (test dataset, re-ranked) rows a finished cell has in the store."""
     return [(test, False) for test in cell.test_datasets]
@@ -63,7 +60,8 @@ def _run(cell: Cell, resources: Resources, store: Store, env: DistEnv, executor:
     started = provenance.now()
     log = (lambda message: print(f"[{cell.id}] {message}", flush=True)) if env.is_main else (lambda message: None)
     config = cell.train
-    train_set = data.load_dataset(cell.train_dataset, dataset_root(cell.dataset(cell.train_dataset), cell.synthetic))
+    train_root = dataset_root(cell.dataset(cell.train_dataset), cell.synthetic)
+    train_set = data.load_dataset(cell.train_dataset, train_root)
 
     torch.manual_seed(cell.seed)  # identical initial weights on every rank
     model = create_model(
@@ -89,8 +87,10 @@ def _run(cell: Cell, resources: Resources, store: Store, env: DistEnv, executor:
         rank=env.rank,
         world_size=env.world_size,
     )
-    transform = train_transform(config.input_size, flip=config.flip, padding=config.padding, random_erasing=config.random_erasing)
-    loader = train_loader(train_set.train, sampler, transform, num_workers=config.num_workers, pin_memory=pin)
+    transform = train_transform(config.input_size, flip=config.flip, padding=config.padding, random_erasing=config.random_erasing,
+                                heatmap_stride=_feature_stride(config))
+    loader = train_loader(train_set.train, sampler, transform, num_workers=config.num_workers, pin_memory=pin,
+                          cues=model.train_cues, cue_root=train_root, in_memory=config.in_memory)
     trained = DistributedDataParallel(model) if env.world_size > 1 else model
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, epoch_steps)
@@ -105,8 +105,9 @@ def _run(cell: Cell, resources: Resources, store: Store, env: DistEnv, executor:
     log(f"trained {result.iterations} steps in {result.seconds:.1f} s")
 
     for test_name, _ in expected_rows(cell):
-        test_set = train_set if test_name == cell.train_dataset else data.load_dataset(test_name, dataset_root(cell.dataset(test_name), cell.synthetic))
-        metrics, seconds = _evaluate(model, test_set, config, env, test_name)
+        test_root = dataset_root(cell.dataset(test_name), cell.synthetic)
+        test_set = train_set if test_name == cell.train_dataset else data.load_dataset(test_name, test_root)
+        metrics, seconds = _evaluate(model, test_set, config, env, test_name, test_root)
         if env.is_main:
             log(f"{test_name}: rank-1 {metrics['rank1']:.1%} mAP {metrics['mAP']:.1%} ({seconds:.1f} s)")
             store.write_row(_result_row(cell, resources, test_set, metrics, result, seconds, env, executor, started))
@@ -130,7 +131,7 @@ def _result_row(cell: Cell, resources: Resources, test_set: data.ReidData, metri
         "synthetic": cell.dataset(test_set.name).synthetic,
         "seed": cell.seed,
         "rerank": False,
-        "protocol": PROTOCOLS[test_set.name],
+        "protocol": data.protocol(test_set.name),
         **{k: metrics[k] for k in ("mAP", "mINP", "rank1", "rank5", "rank10", "num_valid_queries")},
         "cmc": metrics["cmc"].tolist(),
         "num_query": len(test_set.query),
@@ -150,15 +151,17 @@ def _result_row(cell: Cell, resources: Resources, test_set: data.ReidData, metri
     }
 
 
-def _evaluate(model: torch.nn.Module, test_set: data.ReidData, config: TrainConfig, env: DistEnv, name: str) -> tuple[dict, float]:
+def _evaluate(model: torch.nn.Module, test_set: data.ReidData, config: TrainConfig, env: DistEnv, name: str,
+              root: Path) -> tuple[dict, float]:
     """Query and gallery features extracted in shards over ranks, then metrics on rank 0."""
     start = time.perf_counter()
-    transform = test_transform(config.input_size)
+    transform = test_transform(config.input_size, heatmap_stride=_feature_stride(config))
     features = []
     for samples in (test_set.query, test_set.gallery):
         loader = shard_loader(
             samples, transform, rank=env.rank, world_size=env.world_size,
             batch_size=config.eval_batch_size, num_workers=min(config.num_workers, 2), pin_memory=env.device.type == "cuda",
+            cues=model.test_cues, cue_root=root,
         )
         features.append(gather_shards(extract_features(model, loader, env.device), len(samples)))
     metrics = {}
@@ -169,9 +172,14 @@ def _evaluate(model: torch.nn.Module, test_set: data.ReidData, config: TrainConf
             distmat,
             ids(test_set.query, "pid"), ids(test_set.gallery, "pid"),
             ids(test_set.query, "camid"), ids(test_set.gallery, "camid"),
-            protocol=PROTOCOLS[name],
+            protocol=data.protocol(name),
         )
     return metrics, time.perf_counter() - start
+
+
+def _feature_stride(config: TrainConfig) -> int:
+    """The backbone's output stride, so pose heatmaps come at the feature map's size."""
+    return 16 if config.last_stride == 1 else 32
 
 
 def _record_failure(store: Store, cell: Cell, rank: int, attempt: str, err: BaseException) -> None:

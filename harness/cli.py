@@ -1,4 +1,4 @@
-"""The `reidbench` command: run a grid, see its status, report results."""
+"""The `reidbench` command: run a grid, see its status, report results, check and make datasets."""
 
 from __future__ import annotations
 
@@ -70,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--format", metavar="FORMAT", help="md, latex, html or csv (default: all four)")
     report.add_argument("--out", default=DEFAULT_REPORTS, type=Path, metavar="DIR", help=f"output folder (default: {DEFAULT_REPORTS}/)")
     report.set_defaults(command=_report)
+
+    from harness.data.cli import add_parser as add_data_parser
+
+    add_data_parser(sub)
     return parser
 
 

@@ -22,7 +22,7 @@ from harness.errors import UserError, closest
 
 ID_VERSION = 1  # bump when the meaning of a resolved configuration changes
 # Settings that change how fast a cell runs or how much it logs, not what it computes.
-_NOT_IDENTITY = frozenset({"num_workers", "eval_batch_size", "log_every"})
+_NOT_IDENTITY = frozenset({"num_workers", "eval_batch_size", "log_every", "in_memory"})
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,7 @@ class TrainConfig:
     padding: int = 10
     random_erasing: float = 0.5
     num_workers: int = 4
+    in_memory: bool = False  # decode the training images once and keep them in memory as uint8
     eval_batch_size: int = 128
     log_every: int = 20
 

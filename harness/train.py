@@ -77,10 +77,10 @@ def train(
     """
     model.train()
     start, steps, images, terms = time.perf_counter(), 0, 0, {}
-    for step, (inputs, pids, _) in enumerate(batches):
+    for step, (inputs, pids, _, *cues) in enumerate(batches):  # cues: present when the method asks for some
         inputs = inputs.to(device, non_blocking=True)
         pids = pids.to(device, non_blocking=True)
-        loss_terms = losses(model(inputs), pids)
+        loss_terms = losses(model(inputs, *_on(device, cues)), pids)
         reduced = all_reduce_mean(torch.stack([t.detach() for t in loss_terms.values()]))
         terms = dict(zip(loss_terms, reduced.tolist()))
         if not torch.isfinite(reduced).all():
@@ -98,9 +98,14 @@ def train(
     return TrainResult(steps, seconds, images / seconds if steps else None, terms)
 
 
+def _on(device: torch.device, cues: list[dict]) -> list[dict]:
+    """A batch's cue tensors (a one-element list, or none) moved to `device`."""
+    return [{name: value.to(device, non_blocking=True) for name, value in c.items()} for c in cues]
+
+
 @torch.no_grad()
 def extract_features(model: nn.Module, batches: Iterable, device: torch.device) -> torch.Tensor:
     """Embeddings of every batch, in order, on the CPU (`model` unwrapped from DDP)."""
     model.eval()
-    chunks = [model(inputs.to(device, non_blocking=True)).float().cpu() for inputs, _, _ in batches]
+    chunks = [model(inputs.to(device, non_blocking=True), *_on(device, cues)).float().cpu() for inputs, _, _, *cues in batches]
     return torch.cat(chunks) if chunks else torch.empty(0, model.embedding_dim)

@@ -2,8 +2,12 @@
 
 Every model follows one interface, so the engine never needs to know which method it trains:
 
-- ``model.train_cues`` / ``model.test_cues``: the cue maps (``"saliency"``, ``"parsing"``, ...) the
-  model needs in training and at test time; only those are loaded;
+- ``model.train_cues`` / ``model.test_cues``: tuples of the cue maps (``"saliency"``, ``"parsing"``,
+  ``"densepose"``, ``"pose"``, ``"mask"``) the model needs in training and at test time; only those
+  are loaded. A model that declares none is called ``model(images)``; one that declares some is
+  called ``model(images, cues)``, ``cues`` a dict from cue name to a batched tensor, shapes in
+  harness/data/transforms.py (parsing: 5 l1-normalised regions; densepose: 24 DSAP images 32x32;
+  pose: 13 heatmaps at the feature-map size, 1/16 of the input with last_stride 1, else 1/32; saliency and mask: one map at input size);
 - ``model.embedding_dim``: the size of the test-time embedding;
 - ``model(images, cues)``: in training mode a dict of what the method's losses need, in eval mode
   the embedding, an (N, embedding_dim) tensor;

@@ -48,3 +48,46 @@ def test_bad_compositions_are_refused():
         PKBatchSampler(PIDS, ids_per_batch=3, images_per_id=4, steps=1, seed=0, world_size=2)
     with pytest.raises(ValueError, match="exceeds the 10 training identities"):
         PKBatchSampler(PIDS, ids_per_batch=12, images_per_id=4, steps=1, seed=0)
+
+
+def _rank_batches(rank: int, world_size: int, init_file: str, out: str) -> None:
+    """One DDP process (gloo): draw every step's batch and gather the identities of all ranks."""
+    import json
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        s = PKBatchSampler(PIDS, ids_per_batch=4, images_per_id=3, steps=10, seed=11, rank=rank, world_size=world_size)
+        steps = []
+        for batch in s:
+            gathered = [None] * world_size
+            dist.all_gather_object(gathered, sorted(int(p) for p in np.asarray(PIDS)[batch]))
+            steps.append(gathered)
+        counts = [None] * world_size
+        dist.all_gather_object(counts, len(steps))
+        if rank == 0:
+            with open(out, "w") as f:
+                json.dump({"steps": steps, "counts": counts, "per_epoch": s.steps_per_epoch}, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ddp_ranks_draw_disjoint_identities_for_the_same_steps(tmp_path):
+    import json
+
+    import torch.multiprocessing as mp
+
+    runs = []
+    for attempt in range(2):
+        out = tmp_path / f"out{attempt}.json"
+        mp.spawn(_rank_batches, args=(2, str(tmp_path / f"init{attempt}"), str(out)), nprocs=2, join=True)
+        runs.append(json.loads(out.read_text()))
+    result = runs[0]
+    assert result["counts"] == [10, 10], "every rank runs the same number of steps"
+    for step, (a, b) in enumerate(result["steps"]):
+        assert len(set(a)) == len(set(b)) == 2 and len(a) == len(b) == 6, "P/world identities x K images per rank"
+        assert not set(a) & set(b), f"step {step}: ranks share an identity"
+    epoch = [pid for a, b in result["steps"][: result["per_epoch"]] for pid in set(a) | set(b)]
+    assert len(epoch) == len(set(epoch)), "an epoch draws each identity at most once, over all ranks"
+    assert runs[1] == result, "the sequence is deterministic by seed"

@@ -1,8 +1,13 @@
 """Datasets: their published layouts, the synthetic stand-ins, sampling and loading.
 
 A dataset is three lists of samples, ``(path, pid, camid)``: train, query and gallery. Each
-registered name maps to a reader of its published folder layout and to a writer of a synthetic
-copy in the same layout, so that everything runs without the real data.
+registered name maps to a reader of its published folder layout, to a writer of a synthetic copy in
+the same layout (with exact cue maps), so that everything runs without the real data, and to the
+name of its evaluation protocol (see harness.evaluate).
+
+Registered names: market1501, dukemtmc, cuhk03-labeled, cuhk03-detected (767/700 protocol),
+cuhk03-labeled-classic, cuhk03-detected-classic (classic split 0 of 20), cuhk01 (485/486, split seed
+0), msmt17 (V1 or V2), occluded-reid (test only) and folder (a generic query/gallery layout).
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.data import market1501
+from harness.data import cuhk01, cuhk03, dukemtmc, folder, market1501, msmt17, occluded
+from harness.errors import UserError, closest
 
 
 @dataclass(frozen=True)
@@ -22,6 +28,7 @@ class Sample:
     path: str
     pid: int
     camid: int
+    cue_key: str = ""  # where its cue maps are filed: <root>/cues/<cue>/<cue_key with the cue's suffix>
 
 
 @dataclass(frozen=True)
@@ -39,22 +46,42 @@ class ReidData:
 @dataclass(frozen=True)
 class _Layout:
     read: Callable[[Path], tuple[list, list, list]]
-    write_synthetic: Callable[..., Path]
-
-
-def _write_synthetic_market1501(root: Path, *, ids: int, seed: int) -> Path:
-    from harness.data.synthetic import write_market1501
-
-    return write_market1501(root, ids=ids, seed=seed)
+    synthetic: str  # the layout name the synthetic writers know it by (harness.data.synth_layouts)
+    protocol: str  # how harness.evaluate scores it
 
 
 _LAYOUTS: dict[str, _Layout] = {
-    "market1501": _Layout(market1501.read, _write_synthetic_market1501),
+    "market1501": _Layout(market1501.read, "market1501", "market"),
+    "dukemtmc": _Layout(dukemtmc.read, "dukemtmc", "market"),
+    "cuhk03-labeled": _Layout(lambda root: cuhk03.read_new(root, "labeled"), "cuhk03", "market"),
+    "cuhk03-detected": _Layout(lambda root: cuhk03.read_new(root, "detected"), "cuhk03", "market"),
+    "cuhk03-labeled-classic": _Layout(lambda root: cuhk03.read_classic(root, "labeled"), "cuhk03", "cuhk03-classic"),
+    "cuhk03-detected-classic": _Layout(lambda root: cuhk03.read_classic(root, "detected"), "cuhk03", "cuhk03-classic"),
+    "cuhk01": _Layout(cuhk01.read, "cuhk01", "cuhk01"),
+    "msmt17": _Layout(msmt17.read, "msmt17", "market"),
+    "occluded-reid": _Layout(occluded.read, "occluded-reid", "occluded"),
+    "folder": _Layout(folder.read, "folder", "market"),
 }
 
 
 def dataset_names() -> list[str]:
     return sorted(_LAYOUTS)
+
+
+def _layout(name: str) -> _Layout:
+    if name not in _LAYOUTS:
+        raise UserError(f"unknown dataset {name!r}; {closest(name, _LAYOUTS)}")
+    return _LAYOUTS[name]
+
+
+def protocol(name: str) -> str:
+    """The evaluation protocol of a registered dataset: market, cuhk03-classic, cuhk01 or occluded."""
+    return _layout(name).protocol
+
+
+def synthetic_layout(name: str) -> str:
+    """The synthetic writer that produces `name`'s layout (the CUHK03 names share one)."""
+    return _layout(name).synthetic
 
 
 def cache_dir() -> Path:
@@ -64,9 +91,17 @@ def cache_dir() -> Path:
 
 def load_dataset(name: str, root: str | Path) -> ReidData:
     """Read a dataset from its published layout under `root` (the folder that holds it)."""
-    train, query, gallery = _LAYOUTS[name].read(Path(root))
-    as_samples = lambda items: [Sample(str(p), pid, cam) for p, pid, cam in items]  # noqa: E731
-    return ReidData(name, as_samples(train), as_samples(query), as_samples(gallery))
+    root = Path(root)
+    train, query, gallery = _layout(name).read(root)
+    return ReidData(name, _samples(train, root), _samples(query, root), _samples(gallery, root))
+
+
+def _samples(items: list[tuple], root: Path) -> list[Sample]:
+    """Readers give (path, pid, camid[, cue key]); the key defaults to the path below the root."""
+    out = []
+    for path, pid, camid, *key in items:
+        out.append(Sample(str(path), int(pid), int(camid), key[0] if key else Path(path).relative_to(root).as_posix()))
+    return out
 
 
 def synthetic_root(name: str, *, ids: int, seed: int) -> Path:
@@ -75,13 +110,15 @@ def synthetic_root(name: str, *, ids: int, seed: int) -> Path:
     It is written into a temporary folder and renamed into place, so concurrent runs never see
     a half-written dataset: the first to finish wins and the others discard their copy.
     """
-    root = cache_dir() / "synthetic" / f"{name}-ids{ids}-seed{seed}"
+    root = cache_dir() / "synthetic" / f"{synthetic_layout(name)}-ids{ids}-seed{seed}"
     if root.is_dir():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:
-        _LAYOUTS[name].write_synthetic(scratch, ids=ids, seed=seed)
+        from harness.data.synth_layouts import write_layout
+
+        write_layout(synthetic_layout(name), scratch, ids=ids, seed=seed)
         os.rename(scratch, root)
     except OSError:
         if not root.is_dir():

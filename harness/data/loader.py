@@ -1,57 +1,75 @@
-"""Image datasets and loaders for training (P x K batches) and feature extraction (sharded)."""
+"""Image datasets and loaders for training (P x K batches) and feature extraction (sharded).
+
+A batch is ``(images, pids, camids)`` when no cue is asked for, and ``(images, pids, camids, cues)``
+when some are, where ``cues`` maps each cue name to a batched tensor (shapes in transforms.py).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2 as T
 
 from harness.data import Sample
+from harness.data.cues import check_names, load_cue
 from harness.data.sampler import PKBatchSampler
-
-_MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet statistics
-
-
-def train_transform(size: tuple[int, int], *, flip: float, padding: int, random_erasing: float) -> T.Compose:
-    steps = [T.ToImage(), T.Resize(size, antialias=True), T.RandomHorizontalFlip(flip)]
-    if padding:
-        steps += [T.Pad(padding), T.RandomCrop(size)]
-    steps += [T.ToDtype(torch.float32, scale=True), T.Normalize(_MEAN, _STD)]
-    if random_erasing:
-        steps.append(T.RandomErasing(p=random_erasing, value=0))
-    return T.Compose(steps)
+from harness.data.transforms import CueTransform
 
 
-def test_transform(size: tuple[int, int]) -> T.Compose:
-    return T.Compose([T.ToImage(), T.Resize(size, antialias=True), T.ToDtype(torch.float32, scale=True), T.Normalize(_MEAN, _STD)])
+def train_transform(size: tuple[int, int], *, flip: float, padding: int, random_erasing: float, heatmap_stride: int = 16) -> CueTransform:
+    return CueTransform(size, train=True, flip=flip, padding=padding, random_erasing=random_erasing, heatmap_stride=heatmap_stride)
+
+
+def test_transform(size: tuple[int, int], *, heatmap_stride: int = 16) -> CueTransform:
+    return CueTransform(size, train=False, heatmap_stride=heatmap_stride)
+
+
+def decode(path: str) -> torch.Tensor:
+    """An image file as uint8 (3, H, W)."""
+    with Image.open(path) as image:
+        return torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
 
 
 class ImageDataset(Dataset):
-    """Samples as (image, pid, camid); `relabel` maps pids to 0..C-1 for the classifier."""
+    """Samples as (image, pid, camid[, cues]); `relabel` maps pids to 0..C-1 for the classifier.
 
-    def __init__(self, samples: Sequence[Sample], transform: T.Compose, relabel: dict[int, int] | None = None):
+    `cues` names the cue maps to load from `cue_root` (the dataset root); `in_memory` decodes every
+    image once, up front, and keeps it as uint8 (the workers share it when they are forked).
+    """
+
+    def __init__(self, samples: Sequence[Sample], transform: CueTransform, relabel: dict[int, int] | None = None, *,
+                 cues: Sequence[str] = (), cue_root: str | Path | None = None, in_memory: bool = False):
         self.samples, self.transform, self.relabel = samples, transform, relabel
+        self.cues = check_names(cues, "method cues")
+        if self.cues and cue_root is None:
+            raise ValueError("cues need the dataset root they are filed under")
+        self.cue_root = Path(cue_root) if cue_root is not None else None
+        self.images = [decode(s.path) for s in samples] if in_memory else None
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, index: int):
         sample = self.samples[index]
-        with Image.open(sample.path) as image:
-            tensor = self.transform(image.convert("RGB"))
+        image = self.images[index] if self.images is not None else decode(sample.path)
+        size = tuple(image.shape[-2:])
+        raw = {cue: load_cue(self.cue_root, cue, sample.cue_key, size) for cue in self.cues}
+        tensor, cues = self.transform(image, raw)
         pid = self.relabel[sample.pid] if self.relabel is not None else sample.pid
-        return tensor, pid, sample.camid
+        return (tensor, pid, sample.camid, cues) if self.cues else (tensor, pid, sample.camid)
 
 
 def train_loader(
-    samples: Sequence[Sample], sampler: PKBatchSampler, transform: T.Compose, *, num_workers: int, pin_memory: bool
+    samples: Sequence[Sample], sampler: PKBatchSampler, transform: CueTransform, *, num_workers: int, pin_memory: bool,
+    cues: Sequence[str] = (), cue_root: str | Path | None = None, in_memory: bool = False,
 ) -> DataLoader:
     relabel = {pid: label for label, pid in enumerate(sorted({s.pid for s in samples}))}
     return DataLoader(
-        ImageDataset(samples, transform, relabel),
+        ImageDataset(samples, transform, relabel, cues=cues, cue_root=cue_root, in_memory=in_memory),
         batch_sampler=sampler,
         num_workers=num_workers,
         pin_memory=pin_memory,
@@ -60,9 +78,11 @@ def train_loader(
 
 
 def shard_loader(
-    samples: Sequence[Sample], transform: T.Compose, *, rank: int, world_size: int, batch_size: int, num_workers: int, pin_memory: bool
+    samples: Sequence[Sample], transform: CueTransform, *, rank: int, world_size: int, batch_size: int, num_workers: int,
+    pin_memory: bool, cues: Sequence[str] = (), cue_root: str | Path | None = None,
 ) -> DataLoader:
     """This rank's contiguous shard of `samples`, in order, for feature extraction."""
     per_rank = -(-len(samples) // world_size)
     shard = list(samples[rank * per_rank : (rank + 1) * per_rank])
-    return DataLoader(ImageDataset(shard, transform), batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
+    return DataLoader(ImageDataset(shard, transform, cues=cues, cue_root=cue_root), batch_size=batch_size,
+                      num_workers=num_workers, pin_memory=pin_memory)

@@ -19,12 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 _H, _W = 128, 64
 _ROOT_NAME = "Market-1501-v15.09.15"
-_PARTS = ("background", "head", "upper", "arms", "lower", "shoes", "object")
-_BG, _HEAD, _UPPER, _ARMS, _LOWER, _SHOES, _OBJECT = range(len(_PARTS))
+# LIP labels (Gong et al., CVPR 2017) that the renderer paints; carried objects are not a LIP class.
+_BG, _HAT, _HAIR, _UPPER, _PANTS, _SKIRT, _FACE = 0, 1, 2, 5, 9, 12, 13
+_ARM, _LEG, _SHOE = (14, 15), (16, 17), (18, 19)  # (left, right) of the person
+# DensePose parts (Guler et al., CVPR 2018), as (left, right) pairs, front then back where both exist.
+_DP_TORSO = (2, 1)  # front, back
+_DP_HAND, _DP_FOOT = (4, 3), (5, 6)
+_DP_UPPER_LEG, _DP_LOWER_LEG = ((10, 9), (8, 7)), ((14, 13), (12, 11))
+_DP_UPPER_ARM, _DP_LOWER_ARM = ((15, 16), (17, 18)), ((19, 20), (21, 22))
+_DP_HEAD = (24, 23)
 _CLOTHES = ((22, 22, 24), (232, 232, 226), (128, 128, 128), (32, 42, 92), (52, 92, 178), (178, 32, 36),
             (42, 118, 62), (188, 168, 118), (110, 72, 42), (218, 188, 42), (218, 132, 160), (110, 62, 138),
             (228, 120, 32), (72, 160, 170))
@@ -145,15 +152,24 @@ class _Body:
 
 @dataclass(frozen=True)
 class _Canvas:
-    """Image, part labels and pixel grid drawn together, so every painted pixel records its body part."""
+    """Image, labels and pixel grid drawn together, so every painted pixel records what it shows:
+    its LIP label (`lab`), its DensePose part (`dp`) and whether it is the person (`fg`)."""
     img: np.ndarray
     lab: np.ndarray
+    dp: np.ndarray
+    fg: np.ndarray
     yy: np.ndarray
     xx: np.ndarray
 
-    def paint(self, mask: np.ndarray, colour: np.ndarray, part: int) -> None:
+    def paint(self, mask: np.ndarray, colour: np.ndarray, lip: int, dp: int = 0, split: tuple[float, int] | None = None,
+              fg: bool = True) -> None:
+        """`split` = (y, part): pixels below y get DensePose part `part` instead (a limb's lower half)."""
         self.img[mask] = colour
-        self.lab[mask] = part
+        self.lab[mask] = lip
+        self.dp[mask] = dp
+        if split is not None:
+            self.dp[mask & (self.yy >= split[0])] = split[1]
+        self.fg[mask] = fg
 
     def ellipse(self, cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
         return ((self.yy - cy) / ry) ** 2 + ((self.xx - cx) / rx) ** 2 <= 1
@@ -168,57 +184,123 @@ class _Canvas:
         return (self.yy - p0[0] - t * vy) ** 2 + (self.xx - p0[1] - t * vx) ** 2 <= r * r
 
 
-def _draw_person(cv: _Canvas, p: _Person, s: _Shot) -> None:
-    """Paint a person back to front; each painter labels its pixels."""
+def _lr(s: _Shot, k: int) -> int:
+    """0 for the person's left, 1 for the right, of the limb drawn at image side k (-1 left, +1 right)."""
+    if s.view == "side":
+        return int(k > 0)
+    return int(k < 0) if s.view == "front" else int(k > 0)
+
+
+def _body(p: _Person, s: _Shot) -> _Body:
     full = 112 * s.scale
     tall = full * p.height
     side = s.view == "side"
-    b = _Body(top=(_H - full) / 2 + (full - tall) + s.dy,  # feet stay on the ground whatever the height
-              tall=tall, cx=_W / 2 + s.dx, half=0.115 * tall * p.build * (0.6 if side else 1.0),
-              r_arm=0.032 * tall * p.build, side=side, facing=s.facing)
-    if p.carry == "backpack" and side:  # behind the torso, sticking out of the back
+    return _Body(top=(_H - full) / 2 + (full - tall) + s.dy,  # feet stay on the ground whatever the height
+                 tall=tall, cx=_W / 2 + s.dx, half=0.115 * tall * p.build * (0.6 if side else 1.0),
+                 r_arm=0.032 * tall * p.build, side=side, facing=s.facing)
+
+
+def _draw_person(cv: _Canvas, p: _Person, s: _Shot) -> _Body:
+    """Paint a person back to front; each painter labels its pixels."""
+    b = _body(p, s)
+    if p.carry == "backpack" and b.side:  # behind the torso, sticking out of the back
         x0 = b.cx - b.facing * b.half * 0.6
-        pack = cv.rect(b.y(0.17), b.y(0.42), x0, x0 - b.facing * (0.4 * b.half + 0.09 * tall))
-        cv.paint(pack, p.carry_colour, _OBJECT)
+        pack = cv.rect(b.y(0.17), b.y(0.42), x0, x0 - b.facing * (0.4 * b.half + 0.09 * b.tall))
+        cv.paint(pack, p.carry_colour, _BG)
     _draw_legs(cv, p, s, b)
     _draw_upper(cv, p, s, b)
     _draw_carried(cv, p, s, b)
     _draw_head(cv, p, s, b)
+    return b
 
 
 def _draw_legs(cv: _Canvas, p: _Person, s: _Shot, b: _Body) -> None:
     """Legs (skin below the hem), shoes, and a skirt's flare; the stride shows in side view."""
-    spread, r_leg = s.spread * 0.1 * b.tall, 0.045 * b.tall * p.build
-    hips = [(b.y(0.5), b.cx)] * 2 if b.side else [(b.y(0.5), b.cx + k * 0.5 * b.half) for k in (-1, 1)]
-    feet = [b.cx - spread, b.cx + spread] if b.side else [b.cx + k * (0.5 * b.half + 0.4 * spread) for k in (-1, 1)]
+    r_leg = 0.045 * b.tall * p.build
+    hips, feet = _legs(s, b)
     hem = {"trousers": 0.93, "shorts": 0.64, "skirt": 0.7}[p.lower_kind]
-    for hip, foot in zip(hips, feet):
+    garment, back = (_SKIRT if p.lower_kind == "skirt" else _PANTS), int(s.view == "back")
+    for k, hip, foot in zip((-1, 1), hips, feet):
+        lr = _lr(s, k)
         leg = cv.capsule(hip, (b.y(0.93), foot), r_leg)
-        cv.paint(leg, p.skin, _LOWER)
-        cv.paint(leg & (cv.yy < b.y(hem)), p.lower, _LOWER)
+        dp = dict(dp=_DP_UPPER_LEG[back][lr], split=(b.y(0.715), _DP_LOWER_LEG[back][lr]))
+        cv.paint(leg, p.skin, _LEG[lr], **dp)
+        cv.paint(leg & (cv.yy < b.y(hem)), p.lower, garment, **dp)
         toe = foot + (b.facing * 0.03 * b.tall if b.side else 0)
-        cv.paint(cv.ellipse(b.y(0.95), toe, 0.026 * b.tall, 0.055 * b.tall), p.shoes, _SHOES)
-    cv.paint(cv.rect(b.y(0.46), b.y(0.56), b.cx - b.half * 0.95, b.cx + b.half * 0.95), p.lower, _LOWER)
+        cv.paint(cv.ellipse(b.y(0.95), toe, 0.026 * b.tall, 0.055 * b.tall), p.shoes, _SHOE[lr], _DP_FOOT[lr])
+    for k in (-1, 1):  # the hips, split at the body's centre line
+        half = cv.rect(b.y(0.46), b.y(0.56), b.cx, b.cx + k * b.half * 0.95)
+        cv.paint(half, p.lower, garment, _DP_UPPER_LEG[back][_lr(s, k)])
     if p.lower_kind == "skirt":
         flare = b.half * (0.95 + 0.7 * np.clip((cv.yy - b.y(0.48)) / (0.22 * b.tall), 0, 1))
-        cv.paint(cv.rect(b.y(0.48), b.y(0.7), -1e3, 1e3) & (np.abs(cv.xx - b.cx) < flare), p.lower, _LOWER)
+        for k in (-1, 1):
+            cv.paint(cv.rect(b.y(0.48), b.y(0.7), b.cx, b.cx + k * 1e3) & (np.abs(cv.xx - b.cx) < flare), p.lower, _SKIRT,
+                     _DP_UPPER_LEG[back][_lr(s, k)])
+
+
+def _legs(s: _Shot, b: _Body) -> tuple[list[tuple[float, float]], list[float]]:
+    """Hip points (y, x) and foot x positions of the legs at image sides -1 and +1."""
+    spread = s.spread * 0.1 * b.tall
+    hips = [(b.y(0.5), b.cx)] * 2 if b.side else [(b.y(0.5), b.cx + k * 0.5 * b.half) for k in (-1, 1)]
+    feet = [b.cx - spread, b.cx + spread] if b.side else [b.cx + k * (0.5 * b.half + 0.4 * spread) for k in (-1, 1)]
+    return hips, feet
+
+
+def _keypoints(s: _Shot, b: _Body, fg: np.ndarray) -> np.ndarray:
+    """The 13 keypoints (x, y, score) in GASM's order; score 1 where the person is seen there, else 0."""
+    points = np.zeros((13, 2), np.float32)
+    known = np.zeros(13, bool)
+    points[0], known[0] = (b.cx + (b.facing * 0.015 * b.tall if b.side else 0), b.y(0.085)), True
+    for k, shoulder, hand in _arms(s, b):
+        lr = _lr(s, k)
+        for joint, (y, x) in enumerate((shoulder, ((shoulder[0] + hand[0]) / 2, (shoulder[1] + hand[1]) / 2), hand)):
+            points[1 + 2 * joint + lr], known[1 + 2 * joint + lr] = (x, y), True
+    hips, feet = _legs(s, b)
+    for k, (hy, hx), foot in zip((-1, 1), hips, feet):
+        lr = _lr(s, k)
+        ankle = (foot, b.y(0.93))
+        for joint, point in enumerate(((hx, hy), ((hx + ankle[0]) / 2, (hy + ankle[1]) / 2), ankle)):
+            points[7 + 2 * joint + lr], known[7 + 2 * joint + lr] = point, True
+    seen = np.zeros(13, np.float32)
+    for i, (x, y) in enumerate(points):
+        xi, yi = int(np.floor(x)), int(np.floor(y))
+        if known[i] and 0 <= xi < _W and 0 <= yi < _H:
+            seen[i] = float(fg[max(yi - 1, 0): yi + 2, max(xi - 1, 0): xi + 2].any())
+    return np.concatenate([points * known[:, None], seen[:, None]], axis=1)
+
+
+def _iuv(dp: np.ndarray) -> np.ndarray:
+    """A DensePose-like IUV image: per part, U runs down and V across the part's extent, 0..255."""
+    out = np.zeros((*dp.shape, 3), np.uint8)
+    out[..., 0] = dp
+    for part in np.unique(dp[dp > 0]):
+        ys, xs = np.nonzero(dp == part)
+        out[ys, xs, 1] = np.minimum(255, (ys - ys.min()) * 256 // (ys.max() - ys.min() + 1))
+        out[ys, xs, 2] = np.minimum(255, (xs - xs.min()) * 256 // (xs.max() - xs.min() + 1))
+    return out
 
 
 def _draw_upper(cv: _Canvas, p: _Person, s: _Shot, b: _Body) -> None:
     """Tapered torso with its pattern, and arms whose sleeves end at the elbow or the wrist."""
     taper = b.half * (1 - 0.12 * np.clip((cv.yy - b.y(0.16)) / (0.36 * b.tall), 0, 1))
     torso = (cv.yy >= b.y(0.16)) & (cv.yy < b.y(0.52)) & (np.abs(cv.xx - b.cx) < taper)
-    cv.paint(torso, p.upper, _UPPER)
-    cv.paint(torso & _pattern(cv, p, s.view, b), p.upper2, _UPPER)
-    if b.side:
-        arms = [((b.y(0.18), b.cx), (b.y(0.48), b.cx + b.facing * s.swing * 0.12 * b.tall))]
-    else:
-        reach = b.half + b.r_arm + abs(s.swing) * 0.05 * b.tall
-        arms = [((b.y(0.18), b.cx + k * (b.half + b.r_arm * 0.6)), (b.y(0.5), b.cx + k * reach)) for k in (-1, 1)]
-    for shoulder, hand in arms:
+    back = int(s.view == "back")
+    cv.paint(torso, p.upper, _UPPER, _DP_TORSO[back])
+    cv.paint(torso & _pattern(cv, p, s.view, b), p.upper2, _UPPER, _DP_TORSO[back])
+    for k, shoulder, hand in _arms(s, b):
+        lr = _lr(s, k)
         arm = cv.capsule(shoulder, hand, b.r_arm)
-        cv.paint(arm, p.skin, _ARMS)
-        cv.paint(arm & (cv.yy < b.y(0.45 if p.long_sleeves else 0.28)), p.upper, _ARMS)
+        dp = dict(dp=_DP_UPPER_ARM[back][lr], split=((shoulder[0] + hand[0]) / 2, _DP_LOWER_ARM[back][lr]))
+        cv.paint(arm, p.skin, _ARM[lr], **dp)
+        cv.paint(arm & (cv.yy < b.y(0.45 if p.long_sleeves else 0.28)), p.upper, _UPPER, **dp)
+
+
+def _arms(s: _Shot, b: _Body) -> list[tuple[int, tuple[float, float], tuple[float, float]]]:
+    """(image side, shoulder, hand) of each visible arm; in side view only the near one shows."""
+    if b.side:
+        return [(b.facing, (b.y(0.18), b.cx), (b.y(0.48), b.cx + b.facing * s.swing * 0.12 * b.tall))]
+    reach = b.half + b.r_arm + abs(s.swing) * 0.05 * b.tall
+    return [(k, (b.y(0.18), b.cx + k * (b.half + b.r_arm * 0.6)), (b.y(0.5), b.cx + k * reach)) for k in (-1, 1)]
 
 
 def _pattern(cv: _Canvas, p: _Person, view: str, b: _Body) -> np.ndarray:
@@ -240,16 +322,15 @@ def _draw_carried(cv: _Canvas, p: _Person, s: _Shot, b: _Body) -> None:
     if p.carry == "bag":
         x = -p.carry_side if s.view == "back" else p.carry_side
         bx = b.cx + (b.facing * 0.3 * b.half if b.side else x * (b.half + 2 * b.r_arm))
-        cv.paint(cv.rect(b.y(0.4), b.y(0.55), bx, bx + (1 if b.side else x) * 0.1 * b.tall), p.carry_colour, _OBJECT)
+        cv.paint(cv.rect(b.y(0.4), b.y(0.55), bx, bx + (1 if b.side else x) * 0.1 * b.tall), p.carry_colour, _BG)
         if not b.side:
-            cv.paint(cv.capsule((b.y(0.17), b.cx - x * b.half * 0.7), (b.y(0.41), bx), 0.7), p.carry_colour * 0.7,
-                     _OBJECT)
+            cv.paint(cv.capsule((b.y(0.17), b.cx - x * b.half * 0.7), (b.y(0.41), bx), 0.7), p.carry_colour * 0.7, _BG)
     elif p.carry == "backpack" and s.view == "back":
-        cv.paint(cv.rect(b.y(0.18), b.y(0.42), b.cx - b.half * 0.8, b.cx + b.half * 0.8), p.carry_colour, _OBJECT)
+        cv.paint(cv.rect(b.y(0.18), b.y(0.42), b.cx - b.half * 0.8, b.cx + b.half * 0.8), p.carry_colour, _BG)
     elif p.carry == "backpack" and s.view == "front":
         for k in (-1, 1):
             strap = cv.rect(b.y(0.16), b.y(0.36), b.cx + k * b.half * 0.55, b.cx + k * b.half * 0.75)
-            cv.paint(strap, p.carry_colour, _OBJECT)
+            cv.paint(strap, p.carry_colour, _BG)
 
 
 def _draw_head(cv: _Canvas, p: _Person, s: _Shot, b: _Body) -> None:
@@ -257,17 +338,23 @@ def _draw_head(cv: _Canvas, p: _Person, s: _Shot, b: _Body) -> None:
     cy, hx = b.y(0.085), b.cx + (b.facing * 0.015 * b.tall if b.side else 0)
     ry, rx = 0.065 * b.tall, 0.05 * b.tall * (0.9 if b.side else 1.0)
     long_hair = cv.ellipse(cy + 0.6 * ry, hx - 0.2 * b.facing * rx * b.side, 1.6 * ry, 1.15 * rx)
+    halves = [cv.xx < hx, cv.xx >= hx]  # image-left and image-right halves of the head
+
+    def paint_head(mask: np.ndarray, colour: np.ndarray, lip: int) -> None:
+        for k, half in zip((-1, 1), halves):
+            cv.paint(mask & half, colour, lip, _DP_HEAD[_lr(s, k)])
+
     if p.long_hair and s.view != "back":  # falls behind the face
-        cv.paint(long_hair, p.hair, _HEAD)
+        paint_head(long_hair, p.hair, _HAIR)
     head = cv.ellipse(cy, hx, ry, rx)
-    cv.paint(head, p.skin, _HEAD)
+    paint_head(head, p.skin, _FACE)
     cap = head if s.view == "back" else head & (cv.yy < cy - 0.25 * ry)
     if b.side:
         cap |= head & ((cv.xx - hx) * b.facing < -0.2 * rx)
-    cv.paint(cap | (long_hair if p.long_hair and s.view == "back" else False), p.hair, _HEAD)
+    paint_head(cap | (long_hair if p.long_hair and s.view == "back" else False), p.hair, _HAIR)
     if p.carry == "hat":
         crown = cv.ellipse(cy - 0.6 * ry, hx, 0.55 * ry, 1.05 * rx) & (cv.yy < cy - 0.35 * ry)
-        cv.paint(crown | cv.rect(cy - 0.5 * ry, cy - 0.3 * ry, hx - 1.4 * rx, hx + 1.4 * rx), p.carry_colour, _OBJECT)
+        paint_head(crown | cv.rect(cy - 0.5 * ry, cy - 0.3 * ry, hx - 1.4 * rx, hx + 1.4 * rx), p.carry_colour, _HAT)
 
 
 def _background(cv: _Canvas, cam: _Camera, rng: np.random.Generator) -> None:
@@ -286,34 +373,68 @@ def _background(cv: _Canvas, cam: _Camera, rng: np.random.Generator) -> None:
         cv.img[np.abs(cv.xx - px - shift) < 2.5] = cam.pole_colour
 
 
-def _occlude(cv: _Canvas, rng: np.random.Generator) -> None:
-    """Something (a passer-by, a bench) hides the bottom or one side; hidden pixels are not the person."""
-    if rng.random() < 0.5:
+def _occlude(cv: _Canvas, rng: np.random.Generator, heavy: bool = False) -> None:
+    """Something (a passer-by, a bench) hides the bottom or one side; hidden pixels are not the person.
+    A heavy occluder (Occluded-REID's) always covers a third to a half of the crop."""
+    if heavy:
+        mask = cv.rect(rng.uniform(55, 85), _H, -1, _W) if rng.random() < 0.5 else (
+            cv.rect(-1, _H, *((0, rng.uniform(24, 32)) if rng.random() < 0.5 else (rng.uniform(32, 40), _W))))
+    elif rng.random() < 0.5:
         mask = cv.rect(rng.uniform(60, 110), _H, -1, _W)
     else:
         mask = cv.rect(-1, _H, *((0, rng.uniform(10, 22)) if rng.random() < 0.5 else (rng.uniform(42, 54), _W)))
-    cv.paint(mask, rng.uniform(20, 220, 3), _BG)
+    cv.paint(mask, rng.uniform(20, 220, 3), _BG, fg=False)
+
+
+@dataclass(frozen=True)
+class Rendering:
+    """One crop and its exact cues: RGB (H, W, 3), LIP labels (H, W), DensePose IUV (H, W, 3),
+    person mask (H, W) bool and 13 keypoints (x, y, score)."""
+    image: np.ndarray
+    lip: np.ndarray
+    iuv: np.ndarray
+    mask: np.ndarray
+    keypoints: np.ndarray
 
 
 def _render(cam: _Camera, rng: np.random.Generator, person: _Person | None = None,
-            shot: _Shot | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Render one crop; return RGB uint8 (H, W, 3) and part labels (H, W) indexing `_PARTS`."""
+            shot: _Shot | None = None, occlusion: float = 0.12, heavy: bool = False) -> Rendering:
+    """Render one crop with its cues; `occlusion` is the chance that something hides part of it."""
     yy, xx = (a.astype(np.float32) for a in np.mgrid[0:_H, 0:_W])
-    cv = _Canvas(np.empty((_H, _W, 3), np.float32), np.zeros((_H, _W), np.uint8), yy, xx)
+    cv = _Canvas(np.empty((_H, _W, 3), np.float32), np.zeros((_H, _W), np.uint8), np.zeros((_H, _W), np.uint8),
+                 np.zeros((_H, _W), bool), yy, xx)
     _background(cv, cam, rng)
+    body = None
     if person is not None and shot is not None:
-        _draw_person(cv, person, shot)
-    if rng.random() < 0.12:
-        _occlude(cv, rng)
+        body = _draw_person(cv, person, shot)
+    if rng.random() < occlusion:
+        _occlude(cv, rng, heavy)
     light = cam.gain * cam.cast * (1 + 0.2 * (yy / _H - 0.5))[..., None]
     out = np.clip(cv.img * light + rng.normal(0, cam.noise, cv.img.shape), 0, 255).astype(np.uint8)
     if cam.soft:  # a lower-resolution camera
         out = np.asarray(Image.fromarray(out).resize((_W // 2, _H // 2), Image.BILINEAR).resize((_W, _H)))
-    return out, cv.lab
+    keypoints = _keypoints(shot, body, cv.fg) if body is not None else np.zeros((13, 3), np.float32)
+    return Rendering(out, cv.lab, _iuv(cv.dp), cv.fg, keypoints)
 
 
-def _save(img: np.ndarray, path: Path) -> None:
-    Image.fromarray(img).save(path, format="JPEG", quality=_JPEG_QUALITY)
+def saliency_map(mask: np.ndarray) -> np.ndarray:
+    """A saliency model's kind of output: the person, softened at its outline, 0-255."""
+    return np.asarray(Image.fromarray((mask * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(1.5)))
+
+
+def save(r: Rendering, root: Path, key: str, image: np.ndarray | None = None) -> None:
+    """Write a rendering as `root/key` (JPEG, PNG or TIFF by suffix) and its exact cues under root/cues/."""
+    from harness.data.cues import write_cues
+
+    path = root / key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = Image.fromarray(r.image if image is None else image)
+    if path.suffix == ".jpg":
+        pixels.save(path, format="JPEG", quality=_JPEG_QUALITY)
+    else:
+        pixels.save(path)
+    write_cues(root, key, lip=r.lip, iuv=r.iuv, mask=r.mask.astype(np.uint8) * 255, keypoints=r.keypoints,
+               saliency=saliency_map(r.mask))
 
 
 def _next_frame(rng: np.random.Generator, frames: np.ndarray, cam: int, seq: int, low: int, high: int) -> int:
@@ -333,10 +454,10 @@ def _write_identity(pid: int, test: bool, cams: list[_Camera], frames: np.ndarra
         frames[c, seq] += rng.integers(5, 40)
         query = rng.integers(n)
         for k in range(n):
-            img, _ = _render(cams[c], rng, person, _make_shot(rng, view, facing))
+            rendering = _render(cams[c], rng, person, _make_shot(rng, view, facing))
             folder = "bounding_box_train" if not test else ("query" if k == query else "bounding_box_test")
             name = f"{pid:04d}_c{c + 1}s{seq + 1}_{_next_frame(rng, frames, c, seq, 2, 12):06d}_01.jpg"
-            _save(img, out / folder / name)
+            save(rendering, out.parent, f"{out.name}/{folder}/{name}")
 
 
 def _write_clutter(c: int, cam: _Camera, n: int, frames: np.ndarray, out: Path, seed: int) -> None:
@@ -350,12 +471,13 @@ def _write_clutter(c: int, cam: _Camera, n: int, frames: np.ndarray, out: Path, 
         else:  # a box too tight around part of a person, or around nobody
             shot = _make_shot(rng, "front", 1, scale=rng.uniform(1.5, 2.3), dy=rng.uniform(-60, 60))
             stranger = stranger if rng.random() < 0.5 else None
-        img, _ = _render(cam, rng, stranger, shot)
+        rendering = _render(cam, rng, stranger, shot)
+        img = rendering.image
         if junk:
             img = np.asarray(Image.fromarray(img).resize((8, 16), Image.BILINEAR).resize((_W, _H), Image.BILINEAR))
         frame = _next_frame(rng, frames, c, seq, 1, 30)
         name = f"{'-1' if junk else '0000'}_c{c + 1}s{seq + 1}_{frame:06d}_{rng.integers(1, 6):02d}.jpg"
-        _save(img, out / "bounding_box_test" / name)
+        save(rendering, out.parent, f"{out.name}/bounding_box_test/{name}", img)
 
 
 def write_market1501(root: Path | str, *, ids: int = 48, seed: int = 0) -> Path:

@@ -1,0 +1,40 @@
+"""Small helpers shared by the layout readers: folders that must exist, images named by a pattern."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from harness.errors import UserError
+
+# (path, pid, camid) and optionally a cue key: the path its cue maps are filed under (see cues.py).
+Item = tuple
+Items = list[Item]
+
+
+def require_dir(folder: Path, dataset: str, what: str) -> Path:
+    if not folder.is_dir():
+        raise UserError(f"{dataset} not found: expected {what} at {folder}. Point the dataset's root at the folder that holds it.")
+    return folder
+
+
+def parse_names(folder: Path, pattern: re.Pattern, parse: Callable[[re.Match], tuple[int, int]], *,
+                dataset: str, example: str, suffixes: tuple[str, ...], recursive: bool = False) -> Items:
+    """Every image in `folder` as (path, pid, camid); any image named otherwise is an error naming it."""
+    items, bad = [], []
+    paths = sorted(folder.rglob("*") if recursive else folder.iterdir())
+    for path in paths:
+        if path.suffix.lower() not in suffixes or not path.is_file():
+            continue  # archives ship Thumbs.db and similar beside the images
+        match = pattern.match(path.name)
+        parsed = parse(match) if match else None
+        if parsed is None:
+            bad.append(path.name)
+            continue
+        items.append((path, *parsed))
+    if bad:
+        raise UserError(f"{dataset} layout: {len(bad)} file(s) in {folder} are not named like {example}, e.g. {bad[0]!r}.")
+    if not items:
+        raise UserError(f"{dataset} layout: {folder} holds no {'/'.join(suffixes)} images.")
+    return items

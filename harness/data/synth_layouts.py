@@ -1,0 +1,155 @@
+"""Synthetic copies of every published layout, with exact cue maps, from the renderer in synthetic.py.
+
+Each writer reproduces its dataset's folder names, file names and file formats (JPEG, PNG, TIFF,
+MATLAB v7.3 and v5 .mat files, list files) at a small size: `ids` persons (tens by default, up to
+the published counts for load tests), 64x128 crops. Identities, cameras and shots come from the
+renderer's seeded streams, so the same (layout, ids, seed) gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from harness.data import synthetic as syn
+from harness.errors import UserError, closest
+
+
+class _Scene:
+    """The cameras of a dataset and a way to photograph any person with any of them."""
+
+    def __init__(self, seed: int, cameras: int):
+        self.seed = seed
+        self.cams = [syn._make_camera(np.random.default_rng((seed, 1, c))) for c in range(cameras)]
+
+    def shots(self, pid: int, cam: int, n: int, *, occlusion: float = 0.12, heavy: bool = False,
+              stream: int = 5) -> list[syn.Rendering]:
+        """`n` images of person `pid` in camera `cam`: one tracklet, so one viewpoint with jitter."""
+        person = syn._make_person(np.random.default_rng((self.seed, 3, pid)))
+        rng = np.random.default_rng((self.seed, stream, pid, cam))
+        view = ("front", "back", "side")[rng.choice(3, p=self.cams[cam].view_p)]
+        facing = int(rng.choice((-1, 1)))
+        return [syn._render(self.cams[cam], rng, person, syn._make_shot(rng, view, facing), occlusion, heavy) for _ in range(n)]
+
+
+def _split_ids(rng: np.random.Generator, ids: int) -> tuple[np.ndarray, np.ndarray]:
+    order = rng.permutation(ids)
+    return np.sort(order[: ids // 2]), np.sort(order[ids // 2:])
+
+
+def _cameras_of(rng: np.random.Generator, cameras: int, low: int, high: int) -> np.ndarray:
+    return np.sort(rng.choice(cameras, int(rng.integers(low, high + 1)), replace=False))
+
+
+def write_market1501(root: Path, *, ids: int, seed: int) -> Path:
+    return syn.write_market1501(root, ids=ids, seed=seed)
+
+
+def write_dukemtmc(root: Path, *, ids: int, seed: int) -> Path:
+    """Half the persons train, half test (one query per camera), plus gallery-only distractors."""
+    scene, rng = _Scene(seed, 8), np.random.default_rng((seed, 0))
+    train, test = _split_ids(rng, ids)
+    distractors = range(ids, ids + max(1, ids // 4))
+    frame = 0
+    for index in range(ids + len(distractors)):
+        pid = 1 + 2 * index  # Duke's pids are sparse
+        for cam in _cameras_of(rng, 8, 1 if index >= ids else 2, 4):
+            for k, r in enumerate(scene.shots(pid, int(cam), int(rng.integers(2, 5)))):
+                frame += int(rng.integers(10, 500))
+                split = "bounding_box_train" if index in train else ("query" if k == 0 and index in test else "bounding_box_test")
+                syn.save(r, root, f"DukeMTMC-reID/{split}/{pid:04d}_c{cam + 1}_f{frame:07d}.jpg")
+    return root / "DukeMTMC-reID"
+
+
+def write_cuhk01(root: Path, *, ids: int, seed: int) -> Path:
+    """Four images per person: 001-002 in camera A, 003-004 in camera B."""
+    scene = _Scene(seed, 2)
+    for pid in range(1, ids + 1):
+        for cam in range(2):
+            for k, r in enumerate(scene.shots(pid, cam, 2)):
+                syn.save(r, root, f"campus/{pid:04d}{2 * cam + k + 1:03d}.png")
+    return root / "campus"
+
+
+def write_msmt17(root: Path, *, ids: int, seed: int, version: int = 1) -> Path:
+    """Train persons 0.. and test persons 0.. (MSMT restarts its test ids), 15 cameras, list files."""
+    folder, (train_dir, test_dir) = (("MSMT17_V1", ("train", "test")) if version == 1 else ("MSMT17_V2", ("mask_train_v2", "mask_test_v2")))
+    scene, rng = _Scene(seed, 15), np.random.default_rng((seed, 0))
+    n_train, frame = ids // 2, 0
+    lists: dict[str, list[str]] = {name: [] for name in ("train", "val", "query", "gallery")}
+    for index in range(ids):
+        is_train = index < n_train
+        pid = index if is_train else index - n_train
+        for cam in _cameras_of(rng, 15, 2, 4):
+            for k, r in enumerate(scene.shots(1000 + index, int(cam), int(rng.integers(2, 5)))):
+                frame += 1
+                rel = f"{pid:04d}/{pid:04d}_{k:03d}_{cam + 1:02d}_0303morning_{frame:04d}_{k}.jpg"
+                syn.save(r, root, f"{folder}/{train_dir if is_train else test_dir}/{rel}")
+                name = ("val" if rng.random() < 0.07 else "train") if is_train else ("query" if k == 0 else "gallery")
+                lists[name].append(f"{rel} {pid}\n")
+    for name, lines in lists.items():
+        (root / folder / f"list_{name}.txt").write_text("".join(lines))
+    return root / folder
+
+
+def write_msmt17_v2(root: Path, *, ids: int, seed: int) -> Path:
+    return write_msmt17(root, ids=ids, seed=seed, version=2)
+
+
+def write_occluded_reid(root: Path, *, ids: int, seed: int) -> Path:
+    """Five occluded and five whole-body TIFF images per person."""
+    scene = _Scene(seed, 2)
+    for pid in range(1, ids + 1):
+        for cam, (split, occlusion) in enumerate((("occluded_body_images", 1.0), ("whole_body_images", 0.0))):
+            for k, r in enumerate(scene.shots(pid, cam, 5, occlusion=occlusion, heavy=True)):
+                syn.save(r, root, f"Occluded_REID/{split}/{pid:03d}/{pid:03d}_{k + 1:02d}.tif")
+    return root / "Occluded_REID"
+
+
+def write_folder(root: Path, *, ids: int, seed: int) -> Path:
+    """The generic layout: train/, query/ (one image per person and camera), gallery/."""
+    scene, rng = _Scene(seed, 4), np.random.default_rng((seed, 0))
+    train, _ = _split_ids(rng, ids)
+    for pid in range(1, ids + 1):
+        for cam in _cameras_of(rng, 4, 2, 3):
+            for k, r in enumerate(scene.shots(pid, int(cam), 3)):
+                split = "train" if pid - 1 in train else ("query" if k == 0 else "gallery")
+                syn.save(r, root, f"{split}/{pid:04d}_c{cam + 1}_{k:02d}.jpg")
+    return root
+
+
+def _write_cuhk03(root: Path, *, ids: int, seed: int) -> Path:
+    from harness.data.synth_cuhk03 import write_cuhk03
+
+    return write_cuhk03(root, ids=ids, seed=seed)
+
+
+LAYOUTS: dict[str, Callable[..., Path]] = {
+    "market1501": write_market1501,
+    "dukemtmc": write_dukemtmc,
+    "cuhk03": _write_cuhk03,
+    "cuhk01": write_cuhk01,
+    "msmt17": write_msmt17,
+    "msmt17-v2": write_msmt17_v2,
+    "occluded-reid": write_occluded_reid,
+    "folder": write_folder,
+}
+
+
+_MAX_IDS = {"market1501": 1501, "dukemtmc": 3999, "cuhk01": 9999, "occluded-reid": 999, "folder": 9999}
+
+
+def write_layout(layout: str, root: Path | str, *, ids: int, seed: int) -> Path:
+    """Write the synthetic `layout` under `root`; returns the dataset's top folder."""
+    if layout not in LAYOUTS:
+        raise UserError(f"unknown synthetic layout {layout!r}; {closest(layout, LAYOUTS)}")
+    if ids < 4:
+        raise UserError(f"{ids} persons asked for (--ids, or [synthetic] ids in a spec): a synthetic dataset needs at least 4.")
+    if ids > _MAX_IDS.get(layout, ids):
+        raise UserError(f"{ids} persons asked for (--ids, or [synthetic] ids in a spec): {layout}'s file names number at most "
+                        f"{_MAX_IDS[layout]}.")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    return LAYOUTS[layout](root, ids=ids, seed=seed)

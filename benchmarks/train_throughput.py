@@ -143,7 +143,8 @@ def main() -> None:
 
 def _sm_busy(sampler: GpuSampler, windows: list[tuple[float, float]]) -> float | None:
     """Mean NVML SM utilisation over the samples taken inside the given time windows."""
-    values = [v for t, sample in sampler.samples for v in [sample[0][0]] if any(a <= t <= b for a, b in windows)]
+    values = [sample[0][0] for t, sample in sampler.samples
+              if sample[0][0] is not None and any(a <= t <= b for a, b in windows)]
     return sum(values) / len(values) if values else None
 
 

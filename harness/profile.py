@@ -142,23 +142,29 @@ class GpuSampler:
 
     def _sample(self) -> None:
         nvml, row = self._nvml, []
-        try:
-            for handle, _, _ in self.handles:
-                rates = nvml.nvmlDeviceGetUtilizationRates(handle)
-                row.append((
-                    float(rates.gpu), float(rates.memory), nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0,
-                    float(nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_SM)),
-                    float(nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_MEM)),
-                ))
-        except nvml.NVMLError as err:  # e.g. power readings unsupported: keep what was sampled
-            self.note = f"NVML sampling stopped: {err}"
-            self._stop.set()
-            return
+        for handle, _, _ in self.handles:
+            rates = self._read(nvml.nvmlDeviceGetUtilizationRates, handle)
+            power = self._read(nvml.nvmlDeviceGetPowerUsage, handle)
+            row.append((
+                None if rates is None else float(rates.gpu), None if rates is None else float(rates.memory),
+                None if power is None else power / 1000.0,
+                self._read(nvml.nvmlDeviceGetClockInfo, handle, nvml.NVML_CLOCK_SM),
+                self._read(nvml.nvmlDeviceGetClockInfo, handle, nvml.NVML_CLOCK_MEM),
+            ))
         self.samples.append((time.perf_counter(), row))
 
+    def _read(self, query: Callable, *args: Any) -> Any:
+        """One NVML reading, or None when this GPU does not support it (e.g. power under MIG)."""
+        try:
+            return query(*args)
+        except self._nvml.NVMLError as err:
+            self.note = f"some NVML readings are unsupported here: {err}"
+            return None
 
-def _mean(values: list[float]) -> float | None:
-    return statistics.fmean(values) if values else None
+
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.fmean(known) if known else None
 
 
 # -- device helpers ---------------------------------------------------------------------------------

@@ -121,9 +121,6 @@ def _run(cell: Cell, resources: Resources, store: Store, env: DistEnv, executor:
         )
     log(f"trained {result.iterations} steps in {result.seconds:.1f} s ({precision})")
     gpu, peak = gather_gpu_figures(gpu_sampler.figures(since=result.measured_from), peak_memory(env.device))
-    if env.is_main:
-        store.write_profile(training_row(cell, result, gpu, peak, precision=precision, device=env.device,
-                                         world_size=env.world_size, executor=executor, started=started))
 
     for test_name, _ in expected_rows(cell):
         test_set = train_set if test_name == cell.train_dataset else data.load_dataset(test_name, dataset_root(cell.dataset(test_name), cell.synthetic))
@@ -132,6 +129,8 @@ def _run(cell: Cell, resources: Resources, store: Store, env: DistEnv, executor:
             log(f"{test_name}: rank-1 {metrics['rank1']:.1%} mAP {metrics['mAP']:.1%} ({seconds:.1f} s)")
             store.write_row(_result_row(cell, resources, test_set, metrics, result, seconds, env, executor, started))
     if env.is_main:
+        store.write_profile(training_row(cell, result, gpu, peak, precision=precision, device=env.device,
+                                         world_size=env.world_size, executor=executor, started=started))
         store.write_state(cell.id, "done", finished_at=provenance.now(), iterations=result.iterations)
 
 

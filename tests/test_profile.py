@@ -106,3 +106,32 @@ def test_profile_reads_the_spec_and_refuses_bad_flags(tmp_path, capsys):
     assert main(["profile", *TINY, "--methods", "nope", "--store", str(tmp_path / "s")]) == 2
     assert "unknown method 'nope'" in capsys.readouterr().err
     assert main(["profile", "--steps", "0", "--store", str(tmp_path / "s")]) == 2
+
+
+@pytest.mark.slow
+def test_a_training_cell_writes_its_profile_row(tmp_path):
+    """A tiny cell, 2 DDP processes, the training set on the device: one result row and one profile row."""
+    import os
+    import subprocess
+    import sys
+
+    from harness.spec import load_spec
+
+    spec = tmp_path / "tiny.toml"
+    spec.write_text('[grid]\nname = "tiny"\nmethods = ["baseline"]\nbackbones = ["resnet18"]\ntrain_datasets = ["market1501"]\n'
+                    '[train]\ninput_size = [64, 32]\niterations = 12\nids_per_batch = 4\nimages_per_id = 4\npretrained = false\n'
+                    'num_workers = 0\neval_batch_size = 64\nlog_every = 5\ncheck_every = 3\ndata_on_device = true\n'
+                    '[synthetic]\nids = 40\n[resources]\nworld_size = 2\ndevice = "cpu"\n')
+    env = {**os.environ, "REIDBENCH_CACHE": str(tmp_path / "cache")}
+    run = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(spec), "--store", "store"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    assert run.returncode == 0, run.stdout + run.stderr
+    (cell,) = load_spec(spec).cells
+    contents = Store(tmp_path / "store").read()
+    (result,) = contents.rows
+    (profile,) = contents.profiles
+    assert result["cell_id"] == profile["cell_id"] == cell.id and profile["source"] == "training"
+    assert (profile["world_size"], profile["batch_size"], profile["train_steps"], profile["warmup_steps"]) == (2, 16, 6, 6)
+    assert profile["train_images_per_second"] > 0 and profile["infer_images_per_second"] is None
+    assert json.loads(profile["options"]) == {"channels_last": True, "compile": False, "data_on_device": True}
+    assert profile["precision"] == "fp32" and "no NVIDIA GPU" in profile["gpu_note"]

@@ -74,9 +74,21 @@ def test_checking_every_few_steps_gives_the_same_losses(reference):
     assert sum(result.losses.values()) == pytest.approx(reference[-1], rel=1e-5)
 
 
-def test_foreach_optimizer_matches_the_plain_one(reference):
-    plain = lambda model: torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=5e-4, foreach=False)  # noqa: E731
-    assert losses_of(baseline(), optimizer=plain) == pytest.approx(reference, rel=1e-4)
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fused optimizers are used on GPUs only")
+def test_fused_optimizer_on_a_gpu_matches_the_plain_one():
+    config = TrainConfig(iterations=STEPS, warmup=0, milestones=(), lr=1e-3)
+    model = nn.Linear(64, 8).cuda()
+    plain = copy.deepcopy(model)
+    fused = build_optimizer(model, config)
+    reference = torch.optim.Adam(plain.parameters(), lr=1e-3, weight_decay=5e-4, foreach=False)
+    assert fused.defaults["fused"]
+    for _ in range(STEPS):
+        x = torch.randn(16, 64, device="cuda")
+        for net, optimizer in ((model, fused), (plain, reference)):
+            optimizer.zero_grad()
+            net(x).square().mean().backward()
+            optimizer.step()
+    torch.testing.assert_close(model.weight, plain.weight, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("precision, tolerance", [("bf16", 0.05), ("fp16", 0.02)])

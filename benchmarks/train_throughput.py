@@ -6,14 +6,15 @@ script does with nothing else: move the batch, forward, loss, zero_grad, backwar
 in fp32 with a default Adam. reidbench's loop is `harness.train.train` with the speed options of
 the [train] defaults, or the ones given here. After one warm-up round each, rounds alternate
 (reidbench, bare, bare, reidbench, ...) so that drift in the machine's speed cancels out; the
-device is synchronised around every round. On a GPU, NVML's SM utilisation is sampled meanwhile.
+device is synchronised around every round, and the ratio is the median over adjacent pairs of
+rounds. On a GPU, NVML's SM utilisation is sampled meanwhile.
 
 Then each registered method's own throughput with reidbench's loop, relative to the baseline's.
 
 Targets (issue 9): ratio >= 0.97 on a CPU with the defaults; on a GPU >= 1.3 with the speed
 options on against the bare fp32 loop, and SM utilisation >= 90 %.
 
-    flock /tmp/reidbench-heavy.lock python benchmarks/train_throughput.py --batch 8 --steps 3 --rounds 4
+    flock /tmp/reidbench-heavy.lock python benchmarks/train_throughput.py --batch 8 --steps 2 --rounds 8
     python benchmarks/train_throughput.py --device cuda --batch 64 --steps 30 --rounds 4 --compile
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import statistics
 import time
 
 import torch
@@ -98,7 +100,7 @@ def main() -> None:
             bare_optimizer.step()
 
     loops = {"reidbench": reidbench_round, "bare": bare_round}
-    seconds = dict.fromkeys(loops, 0.0)
+    seconds: dict[str, list[float]] = {name: [] for name in loops}
     windows: dict[str, list[tuple[float, float]]] = {name: [] for name in loops}
     with GpuSampler([device]) as sampler:
         for name, run in loops.items():  # warm-up round: allocator, cuDNN autotuning, compilation
@@ -111,15 +113,20 @@ def main() -> None:
                 loops[name]()
                 synchronize(device)
                 end = time.perf_counter()
-                seconds[name] += end - start
+                seconds[name].append(end - start)
                 windows[name].append((start, end))
-    images = args.batch * args.steps * args.rounds
-    rate = {name: images / seconds[name] for name in loops}
+    images = args.batch * args.steps
+    rates = {name: [images / s for s in seconds[name]] for name in loops}
     print()
     for name in loops:
         busy = _sm_busy(sampler, windows[name])
-        print(f"{name:>9} loop: {rate[name]:8.2f} img/s" + (f", SM busy {busy:.0f}%" if busy is not None else ""))
-    print(f"    ratio: {rate['reidbench'] / rate['bare']:.3f}  (reidbench / bare)")
+        overall = images * args.rounds / sum(seconds[name])
+        print(f"{name:>9} loop: {statistics.median(rates[name]):8.2f} img/s median of rounds, {overall:8.2f} overall, "
+              f"rounds {' '.join(f'{r:.2f}' for r in rates[name])}" + (f"; SM busy {busy:.0f}%" if busy is not None else ""))
+    # Each reidbench round against the bare round next to it, so a burst of load elsewhere on the
+    # machine spoils one pair rather than one side.
+    paired = statistics.median(a / b for a, b in zip(rates["reidbench"], rates["bare"]))
+    print(f"    ratio: {paired:.3f}  (reidbench / bare, median over adjacent pairs of rounds)")
     if sampler.note:
         print(f"GPU figures: none ({sampler.note})")
 

@@ -19,14 +19,21 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from harness import data, provenance
+from harness.data.device import DeviceBatches
 from harness.data.loader import shard_loader, test_transform, train_loader, train_transform
 from harness.data.sampler import PKBatchSampler, steps_per_epoch
 from harness.dist import DistEnv, gather_shards, init_distributed, shutdown
+from harness.errors import UserError
 from harness.evaluate import evaluate, pairwise_distance
+from harness.profile import GpuSampler, gather_gpu_figures, peak_memory, reset_peak_memory, training_row
 from harness.spec import Cell, DatasetConfig, Resources, SyntheticConfig, TrainConfig
 from harness.store import SCHEMA_VERSION, Store
-from harness.train import NonFiniteLoss, TrainResult, build_optimizer, build_scheduler, extract_features, total_steps, train
+from harness.train import (NonFiniteLoss, TrainResult, build_optimizer, build_scheduler, extract_features,
+                           resolve_precision, total_steps, train)
 from methods import create_model
+
+_TIMING_WARMUP = 10  # training steps left out of the profile row's throughput (at most half the run)
+
 
 def expected_rows(cell: Cell) -> list[tuple[str, bool]]:
     """The (test dataset, re-ranked) rows a finished cell has in the store."""
@@ -87,22 +94,38 @@ def _run(cell: Cell, resources: Resources, store: Store, env: DistEnv, executor:
         rank=env.rank,
         world_size=env.world_size,
     )
-    transform = train_transform(config.input_size, flip=config.flip, padding=config.padding, random_erasing=config.random_erasing,
-                                heatmap_stride=_feature_stride(config))
-    loader = train_loader(train_set.train, sampler, transform, num_workers=config.num_workers, pin_memory=pin,
-                          cues=model.train_cues, cue_root=train_root, in_memory=config.in_memory)
+    augmentation = {"flip": config.flip, "padding": config.padding, "random_erasing": config.random_erasing}
+    if config.data_on_device:
+        if model.train_cues:
+            raise UserError(f"[train] data_on_device keeps images only, but {cell.method} trains with cue maps "
+                            f"({', '.join(model.train_cues)}); set data_on_device = false for this method.")
+        loader = DeviceBatches(train_set.train, sampler, size=config.input_size, **augmentation, device=env.device,
+                               seed=cell.seed * 1000 + env.rank, num_workers=config.num_workers)
+    else:
+        transform = train_transform(config.input_size, **augmentation, heatmap_stride=_feature_stride(config))
+        loader = train_loader(train_set.train, sampler, transform, num_workers=config.num_workers, pin_memory=pin,
+                              cues=model.train_cues, cue_root=train_root, in_memory=config.in_memory)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     trained = DistributedDataParallel(model) if env.world_size > 1 else model
+    trained = torch.compile(trained) if config.compile else trained
+    precision = resolve_precision(config.precision, env.device)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, epoch_steps)
     log(
         f"training {cell.method}:{cell.variant} on {cell.backbone} for {sampler.steps} steps, "
         f"{train_set.num_train_ids} ids, {len(train_set.train)} images, world size {env.world_size}, {env.device}"
     )
-    result = train(
-        trained, model.losses, loader, optimizer, scheduler,
-        device=env.device, world_size=env.world_size, log_every=config.log_every, log=log,
-    )
-    log(f"trained {result.iterations} steps in {result.seconds:.1f} s")
+    reset_peak_memory(env.device)
+    with GpuSampler([env.device]) as gpu_sampler:
+        result = train(
+            trained, model.losses, loader, optimizer, scheduler,
+            device=env.device, world_size=env.world_size, log_every=config.log_every, log=log,
+            precision=precision, channels_last=config.channels_last, check_every=config.check_every,
+            warmup_steps=min(_TIMING_WARMUP, sampler.steps // 2),
+        )
+    log(f"trained {result.iterations} steps in {result.seconds:.1f} s ({precision})")
+    gpu, peak = gather_gpu_figures(gpu_sampler.figures(since=result.measured_from), peak_memory(env.device))
 
     for test_name, _ in expected_rows(cell):
         test_root = dataset_root(cell.dataset(test_name), cell.synthetic)
@@ -112,6 +135,8 @@ def _run(cell: Cell, resources: Resources, store: Store, env: DistEnv, executor:
             log(f"{test_name}: rank-1 {metrics['rank1']:.1%} mAP {metrics['mAP']:.1%} ({seconds:.1f} s)")
             store.write_row(_result_row(cell, resources, test_set, metrics, result, seconds, env, executor, started))
     if env.is_main:
+        store.write_profile(training_row(cell, result, gpu, peak, precision=precision, device=env.device,
+                                         world_size=env.world_size, executor=executor, started=started))
         store.write_state(cell.id, "done", finished_at=provenance.now(), iterations=result.iterations)
 
 

@@ -74,6 +74,23 @@ def _parser() -> argparse.ArgumentParser:
     from harness.data.cli import add_parser as add_data_parser
 
     add_data_parser(sub)
+    profile = sub.add_parser("profile", help="measure training and inference throughput and GPU use per method",
+                             description="Train and infer each (method, variant, backbone) for a few steps on synthetic "
+                             "P x K batches at the recipe's input size, and write one profile row each to the store: "
+                             "images per second (warm-up excluded), peak GPU memory, NVML SM/memory utilisation, power, clocks.")
+    profile.add_argument("spec", type=Path, nargs="?", help="a grid spec: its methods, backbones, [train] recipe and device")
+    profile.add_argument("--methods", nargs="+", metavar="M", help="methods (name or name:variant; default: the spec's, else all registered)")
+    profile.add_argument("--backbones", nargs="+", metavar="B", help="backbones (default: the spec's, else resnet50)")
+    profile.add_argument("--steps", type=int, default=20, help="measured steps, each for training and inference (default: 20)")
+    profile.add_argument("--warmup", type=int, default=5, help="steps run first and not measured (default: 5)")
+    profile.add_argument("--batch", type=int, metavar="B", help="images per step, a multiple of images_per_id (default: the recipe's P x K)")
+    profile.add_argument("--input", metavar="HxW", help="input size (default: the recipe's, 256x128)")
+    profile.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), help="override the recipe's precision")
+    profile.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
+    profile.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="channels-last memory format")
+    profile.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: the spec's, else auto")
+    store_option(profile)
+    profile.set_defaults(command=_profile)
     return parser
 
 
@@ -203,6 +220,26 @@ def _report(args: argparse.Namespace) -> int:
     if not any(t.measured for t in outcome.tables):
         print(f"\nThe store {args.store}/ has no measurements for these tables: they show the published values only.")
     print(f"\nWrote {len(outcome.files)} file(s) under {args.out}/.")
+    return 0
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from harness.profile import profile_targets, run_profile, throughput_table
+    from harness.store import Store
+
+    if args.steps < 1 or args.warmup < 0:
+        raise UserError(f"--steps must be at least 1 and --warmup not negative (got {args.steps} and {args.warmup}).")
+    targets, config, device = profile_targets(
+        args.spec, methods=args.methods, backbones=args.backbones, batch=args.batch, input_size=args.input,
+        precision=args.precision, compile=args.compile, channels_last=args.channels_last, device=args.device,
+    )
+    store = Store(args.store)
+    rows = run_profile(targets, config, device=device, steps=args.steps, warmup=args.warmup)
+    for row in rows:
+        store.write_profile(row)
+    if rows:
+        print(throughput_table(rows))
+        print(f"\nWrote {len(rows)} profile row(s) to {store.root / 'profiles'}/")
     return 0
 
 

@@ -22,7 +22,11 @@ from harness.errors import UserError, closest
 
 ID_VERSION = 1  # bump when the meaning of a resolved configuration changes
 # Settings that change how fast a cell runs or how much it logs, not what it computes.
-_NOT_IDENTITY = frozenset({"num_workers", "eval_batch_size", "log_every", "in_memory"})
+_NOT_IDENTITY = frozenset({
+    "num_workers", "eval_batch_size", "log_every", "in_memory",
+    "precision", "channels_last", "compile", "data_on_device", "check_every",
+})
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,12 @@ class TrainConfig:
     in_memory: bool = False  # decode the training images once and keep them in memory as uint8
     eval_batch_size: int = 128
     log_every: int = 20
+    # speed only (not part of a cell's id): see harness/train.py
+    precision: str = "auto"  # auto: bf16 on GPUs that support it, else fp16; fp32 on the CPU
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the model
+    data_on_device: bool = False  # decode the training set once, keep it on the device as uint8, augment there
+    check_every: int = 10  # steps between non-finite loss checks (each costs one host sync)
 
     def __post_init__(self) -> None:
         if self.iterations is None and self.epochs is None:
@@ -272,7 +282,7 @@ class _SpecParser:
     def _check_train(self, t: TrainConfig) -> None:
         if t.iterations is not None and "epochs" in self.raw.get("train", {}):
             self._fail("give either iterations or epochs, not both", table="train", key="epochs")
-        positive = ["ids_per_batch", "images_per_id", "eval_batch_size", "log_every"]
+        positive = ["ids_per_batch", "images_per_id", "eval_batch_size", "log_every", "check_every"]
         for key in positive:
             if getattr(t, key) < 1:
                 self._fail(f"{key} must be at least 1", table="train", key=key)
@@ -284,6 +294,8 @@ class _SpecParser:
             self._fail("input_size must be [height, width], each at least 16 pixels", table="train", key="input_size")
         if t.optimizer not in ("adam", "sgd"):
             self._fail(f"unknown optimizer {t.optimizer!r}; {closest(t.optimizer, ['adam', 'sgd'])}", table="train", key="optimizer")
+        if t.precision not in PRECISIONS:
+            self._fail(f"unknown precision {t.precision!r}; {closest(t.precision, PRECISIONS)}", table="train", key="precision")
         if list(t.milestones) != sorted(t.milestones):
             self._fail("milestones must be increasing", table="train", key="milestones")
         for key in ("flip", "random_erasing", "label_smoothing"):

@@ -23,8 +23,9 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2 as T
 
 from harness.data import Sample
-from harness.data.loader import _MEAN, _STD, ImageDataset
+from harness.data.loader import ImageDataset
 from harness.data.sampler import PKBatchSampler
+from harness.data.transforms import MEAN, STD
 
 _ERASE_SCALE, _ERASE_RATIO, _ERASE_TRIES = (0.02, 0.33), (0.3, 3.3), 10  # torchvision's RandomErasing defaults
 
@@ -32,7 +33,9 @@ _ERASE_SCALE, _ERASE_RATIO, _ERASE_TRIES = (0.02, 0.33), (0.3, 3.3), 10  # torch
 def decode(samples: Sequence[Sample], size: tuple[int, int], device: torch.device, *, num_workers: int = 0) -> torch.Tensor:
     """Every sample's image resized to `size`, as one (N, 3, H, W) uint8 tensor on `device`."""
     out = torch.empty((len(samples), 3, *size), dtype=torch.uint8, device=device)
-    resize = T.Compose([T.ToImage(), T.Resize(size, antialias=True)])
+    def resize(image: torch.Tensor, cues: dict) -> tuple[torch.Tensor, dict]:  # as the loader's transforms resize
+        return T.functional.resize(image, list(size), antialias=True), cues
+
     loader = DataLoader(ImageDataset(samples, resize), batch_size=256, num_workers=num_workers)
     at = 0
     for images, _, _ in loader:
@@ -61,8 +64,8 @@ def augment(
         rows = (top[:, None] + torch.arange(h, device=device))[:, None, :, None]
         cols = (left[:, None] + torch.arange(w, device=device))[:, None, None, :]
         images = padded[torch.arange(n, device=device)[:, None, None, None], torch.arange(3, device=device)[None, :, None, None], rows, cols]
-    mean = torch.tensor(_MEAN, device=device)[:, None, None]
-    std = torch.tensor(_STD, device=device)[:, None, None]
+    mean = torch.tensor(MEAN, device=device)[:, None, None]
+    std = torch.tensor(STD, device=device)[:, None, None]
     out = (images.float() / 255 - mean) / std
     if random_erasing:
         out = out.masked_fill(_erase_mask(n, h, w, random_erasing, uniform)[:, None], 0.0)

@@ -130,7 +130,7 @@ def test_reference_rows_map_to_store_identities():
     assert (gasm.train_dataset, gasm.test_dataset) in {("market1501", "crowd-reid"), ("dukemtmc", "crowd-reid"),
                                                        ("msmt17", "crowd-reid")}
     spreid = identity(by_key["spreid", 2, "Model-L", "input 492x164", "cuhk03", "cuhk03-labeled", False, "rank1"])
-    assert (spreid.test_dataset, spreid.protocol) == ("cuhk03-labeled", "cuhk03-classic")
+    assert (spreid.test_dataset, spreid.protocol) == ("cuhk03-labeled-classic", "cuhk03-classic")
     competitor = by_key["ssp-reid", 4, "HA-CNN", "", "market1501", "", False, "mAP"]
     assert identity(competitor) is None
 
@@ -207,7 +207,7 @@ def _golden_store(tmp_path) -> list[dict]:
         *(result_row("ssp-reid", "ssp", seed=s, rank1=0.70 + 0.02 * s, mAP=0.40 + 0.01 * s, synthetic=False) for s in (0, 1)),
         result_row("ssp-reid", "ssp", rank1=0.75, mAP=0.55, rerank=True, synthetic=False),
         # SPReID Table 5 (CUHK03 labeled, classic protocol)
-        result_row("spreid", "wfg", "inception_v3", "cuhk03-labeled", protocol="cuhk03-classic", rank1=0.881, mAP=0.7),
+        result_row("spreid", "wfg", "inception_v3", "cuhk03-labeled-classic", protocol="cuhk03-classic", rank1=0.881, mAP=0.7),
         # DSA-reID Table 5, synthetic data
         result_row("dsa-reid", "full", rank1=0.912, mAP=0.801),
         # SCSN Table 6, three seeds

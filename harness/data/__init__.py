@@ -7,7 +7,8 @@ name of its evaluation protocol (see harness.evaluate).
 
 Registered names: market1501, dukemtmc, cuhk03-labeled, cuhk03-detected (767/700 protocol),
 cuhk03-labeled-classic, cuhk03-detected-classic (classic split 0 of 20), cuhk01 (485/486, split seed
-0), msmt17 (V1 or V2), occluded-reid (test only) and folder (a generic query/gallery layout).
+0), msmt17 (V1 or V2), occluded-reid (test only), folder (a generic query/gallery layout) and crowd-reid
+(GASM's Crowd-REID test set, in the folder layout).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ _LAYOUTS: dict[str, _Layout] = {
     "msmt17": _Layout(msmt17.read, "msmt17", "market"),
     "occluded-reid": _Layout(occluded.read, "occluded-reid", "occluded"),
     "folder": _Layout(folder.read, "folder", "market"),
+    "crowd-reid": _Layout(folder.read, "folder", "market"),  # GASM's test set, converted to the folder layout
 }
 
 

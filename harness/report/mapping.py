@@ -121,7 +121,7 @@ _DATASETS: dict[tuple[str, str, str | None], tuple[str, str]] = {
     ("msmt17", "", None): ("msmt17", "market"),
     ("cuhk03", "cuhk03-labeled", None): ("cuhk03-labeled", "market"),
     ("cuhk03", "cuhk03-detected", None): ("cuhk03-detected", "market"),
-    ("cuhk03", "cuhk03-labeled", "spreid"): ("cuhk03-labeled", "cuhk03-classic"),
+    ("cuhk03", "cuhk03-labeled", "spreid"): ("cuhk03-labeled-classic", "cuhk03-classic"),
     ("cuhk01", "", None): ("cuhk01", "cuhk01"),
     ("crowdreid", "", None): ("crowd-reid", "market"),
     ("occludedreid", "", None): ("occluded-reid", "occluded"),

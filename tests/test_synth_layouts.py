@@ -15,7 +15,7 @@ from harness.data.cues import CUES
 from harness.data.synth_layouts import LAYOUTS, _Scene, write_layout
 
 READS = {"market1501": ["market1501"], "dukemtmc": ["dukemtmc"], "cuhk01": ["cuhk01"], "msmt17": ["msmt17"],
-         "msmt17-v2": ["msmt17"], "occluded-reid": ["occluded-reid"], "folder": ["folder"],
+         "msmt17-v2": ["msmt17"], "occluded-reid": ["occluded-reid"], "folder": ["folder", "crowd-reid"],
          "cuhk03": ["cuhk03-labeled", "cuhk03-detected", "cuhk03-labeled-classic", "cuhk03-detected-classic"]}
 
 

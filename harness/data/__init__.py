@@ -14,13 +14,12 @@ cuhk03-labeled-classic, cuhk03-detected-classic (classic split 0 of 20), cuhk01 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.data import cuhk01, cuhk03, dukemtmc, folder, market1501, msmt17, occluded
+from harness.data.files import make_once
 from harness.errors import UserError, closest
 
 
@@ -112,19 +111,7 @@ def synthetic_root(name: str, *, ids: int, seed: int) -> Path:
     It is written into a temporary folder and renamed into place, so concurrent runs never see
     a half-written dataset: the first to finish wins and the others discard their copy.
     """
-    root = cache_dir() / "synthetic" / f"{synthetic_layout(name)}-ids{ids}-seed{seed}"
-    if root.is_dir():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
-    try:
-        from harness.data.synth_layouts import write_layout
+    from harness.data.synth_layouts import write_layout
 
-        write_layout(synthetic_layout(name), scratch, ids=ids, seed=seed)
-        os.rename(scratch, root)
-    except OSError:
-        if not root.is_dir():
-            raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return root
+    root = cache_dir() / "synthetic" / f"{synthetic_layout(name)}-ids{ids}-seed{seed}"
+    return make_once(root, lambda scratch: write_layout(synthetic_layout(name), scratch, ids=ids, seed=seed))

@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from harness.data.files import Items
+from harness.data.files import Items, make_once
 from harness.errors import UserError
 
 RELEASE = "cuhk03_release"
@@ -123,20 +121,7 @@ def extracted_dir(root: Path) -> Path:
 
 def extract(root: Path, kind: str) -> Path:
     """The folder of `kind`'s PNG images, extracted from the .mat on first use (atomically)."""
-    target = extracted_dir(root) / kind
-    if target.is_dir():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=target.parent))
-    try:
-        _read_mat(root, lambda mat: _write_images(mat, kind, scratch))
-        os.rename(scratch, target)
-    except OSError:
-        if not target.is_dir():
-            raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return target
+    return make_once(extracted_dir(root) / kind, lambda scratch: _read_mat(root, lambda mat: _write_images(mat, kind, scratch)))
 
 
 def _write_images(mat, kind: str, out: Path) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,3 +41,21 @@ def parse_names(folder: Path, pattern: re.Pattern, parse: Callable[[re.Match], t
     if not items:
         raise UserError(f"{dataset} layout: {folder} holds no {'/'.join(suffixes)} images.")
     return items
+
+
+def make_once(target: Path, write: Callable[[Path], None]) -> Path:
+    """`target`, a folder that `write` fills, made once: written under a temporary name and renamed,
+    so concurrent runs never see half of it; the first to finish wins, the others discard theirs."""
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        write(scratch)
+        os.rename(scratch, target)
+    except OSError:
+        if not target.is_dir():
+            raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target

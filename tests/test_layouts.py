@@ -62,10 +62,10 @@ def test_msmt17_both_versions(tmp_path, version, train_dir, test_dir):
     base = tmp_path / version
     touch(base, f"{train_dir}/0000/0000_000_01_0303morning_0015_0.jpg", f"{train_dir}/0001/0001_003_15_0303noon_0100_1.jpg",
           f"{test_dir}/0000/0000_000_07_0303morning_0037_0.jpg", f"{test_dir}/0000/0000_001_02_0303afternoon_0111_0.jpg")
-    (base / "list_train.txt").write_text(f"0000/0000_000_01_0303morning_0015_0.jpg 0\n")
-    (base / "list_val.txt").write_text(f"0001/0001_003_15_0303noon_0100_1.jpg 1\n")
-    (base / "list_query.txt").write_text(f"0000/0000_000_07_0303morning_0037_0.jpg 0\n")
-    (base / "list_gallery.txt").write_text(f"0000/0000_001_02_0303afternoon_0111_0.jpg 0\n")
+    (base / "list_train.txt").write_text("0000/0000_000_01_0303morning_0015_0.jpg 0\n")
+    (base / "list_val.txt").write_text("0001/0001_003_15_0303noon_0100_1.jpg 1\n")
+    (base / "list_query.txt").write_text("0000/0000_000_07_0303morning_0037_0.jpg 0\n")
+    (base / "list_gallery.txt").write_text("0000/0000_001_02_0303afternoon_0111_0.jpg 0\n")
     d = data.load_dataset("msmt17", tmp_path)
     assert pids_cams(d.train) == [(0, 0), (1, 14)] and pids_cams(d.query) == [(0, 6)] and pids_cams(d.gallery) == [(0, 1)]
     assert Path(d.train[0].path).is_file()

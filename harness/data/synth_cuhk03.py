@@ -58,8 +58,6 @@ def write_mat73(path: Path, cells: dict[str, list], testsets: list[np.ndarray]) 
 
 def write_cuhk03(root: Path, *, ids: int, seed: int) -> Path:
     """`ids` persons spread over 5 camera pairs; 3-5 images per view, missing ones left empty."""
-    from scipy.io import savemat
-
     rng = np.random.default_rng((seed, 0))
     (root / cuhk03.RELEASE).mkdir(parents=True, exist_ok=True)
     members = [list(range(pair, ids, _PAIRS)) for pair in range(_PAIRS)]

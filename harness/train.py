@@ -69,15 +69,18 @@ def train(
     world_size: int = 1,
     log_every: int = 20,
     log: Callable[[str], None] = print,
+    start_step: int = 0,
+    after_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train over `batches`; every step's loss terms are averaged over ranks and checked.
 
     The check costs one small all-reduce per step, and makes every rank stop at the same step
-    when any rank's loss is not finite.
+    when any rank's loss is not finite. A resumed run starts at `start_step` (steps count from
+    there); `after_step(steps done)` runs after every step (checkpoints, see harness.checkpoint).
     """
     model.train()
     start, steps, images, terms = time.perf_counter(), 0, 0, {}
-    for step, (inputs, pids, _) in enumerate(batches):
+    for step, (inputs, pids, _) in enumerate(batches, start=start_step):
         inputs = inputs.to(device, non_blocking=True)
         pids = pids.to(device, non_blocking=True)
         loss_terms = losses(model(inputs), pids)
@@ -94,8 +97,10 @@ def train(
             shown = " ".join(f"{k}={v:.3f}" for k, v in terms.items())
             rate = images / (time.perf_counter() - start)
             log(f"step {step + 1}: {shown} lr={scheduler.get_last_lr()[0]:.2e} {rate:.1f} img/s")
+        if after_step is not None:
+            after_step(step + 1)
     seconds = time.perf_counter() - start
-    return TrainResult(steps, seconds, images / seconds if steps else None, terms)
+    return TrainResult(start_step + steps, seconds, images / seconds if steps else None, terms)
 
 
 @torch.no_grad()

@@ -50,6 +50,8 @@ SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=$(( mem_mb / cpus ))
 ReturnToService=2
 KillWait=5
+# A requeued job waits this long before it may start again (default 120 s): short, for tests.
+AuthInfo=cred_expire=10
 MinJobAge=600
 MaxArraySize=1001
 StateSaveLocation=/var/spool/slurmctld

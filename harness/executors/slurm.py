@@ -10,6 +10,8 @@ the store (harness.manifest) and the scheduler (squeue, scontrol; never sacct) t
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -187,8 +189,8 @@ def submit(cells: Sequence[Cell], resources: Resources, slurm: SlurmConfig, stor
     records = []
     for first in range(0, len(cells), chunk):
         part = cells[first:first + chunk]
-        try:
-            with executor.batch():
+        try:  # submitit echoes sbatch's stderr; the refusal is shown once, below
+            with contextlib.redirect_stderr(io.StringIO()), executor.batch():
                 jobs = [executor.submit(SlurmCell(), c.to_json(), resources_json, str(root)) for c in part]
         except submitit.core.utils.FailedJobError as err:
             raise UserError(refusal(str(err))) from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -84,12 +85,25 @@ def run_ray(cells: Sequence[Cell], resources: Resources, store: Store, *, ray: R
 def _connect(ray_module, address: str | None, root: Path) -> None:
     if ray_module.is_initialized():
         return
+    _check_reachable(address)
     env = {"env_vars": {k: os.environ[k] for k in ("REIDBENCH_CACHE", "OMP_NUM_THREADS") if k in os.environ}}
     try:
         ray_module.init(address=address, runtime_env=env, logging_level="ERROR", log_to_driver=True)
     except (ConnectionError, RuntimeError, ValueError) as err:
         where = f"at {address!r} (--ray-address / RAY_ADDRESS / [ray] address)" if address else "locally"
         raise UserError(f"cannot reach a Ray cluster {where}: {err}") from None
+
+
+def _check_reachable(address: str | None) -> None:
+    """ray.init retries an unreachable head for minutes; a TCP probe says so in seconds."""
+    if not address or address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host or "localhost", int(port)), timeout=5).close()
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot reach a Ray cluster at {address!r} (--ray-address / RAY_ADDRESS / [ray] address): "
+                        f"{err}; start one with `ray start --head`, or leave the address out to start a local one.") from None
 
 
 def _fit(cell: Cell, resources: Resources, root: Path, storage: Path, config: RayConfig) -> Outcome:

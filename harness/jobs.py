@@ -79,11 +79,23 @@ def _slurm_status(cell: Cell, store: Store, record: dict, scheduler: dict[str, t
         return status("cancelled", "reidbench cancel or scancel")
     if ended and slurm.ending_reason(ended):
         return status("failed", f"{slurm.ending_reason(ended)} (SLURM job state {ended}); log: {record.get('stdout', '')}")
+    log = record.get("stdout", "")
     if ended == "COMPLETED":
-        return status("rows missing", f"the job completed without writing rows; log: {record.get('stdout', '')}")
-    if record.get("state") in ("submitted", "running", "requeued") and not ended:
-        return status("failed", f"job {job_id} is gone from the scheduler without a result; log: {record.get('stdout', '')}")
+        return status("rows missing", f"the job completed without writing rows; log: {log}")
+    if ended or record.get("state") in ("submitted", "running", "requeued"):
+        # Killed before the cell could say why: without cgroups, the kernel's OOM killer shows only in the log.
+        killed = _killed_in_log(log)
+        what = "OOM (killed by the kernel)" if killed else f"job {job_id} ended ({ended or 'gone from the scheduler'}) without a result"
+        return status("failed", f"{what}; log: {log}")
     return status(record.get("state", "unknown"), record.get("reason", ""))
+
+
+def _killed_in_log(log: str) -> bool:
+    try:
+        text = tail(Path(log), 50).lower()
+    except OSError:
+        return False
+    return "oom" in text or "out of memory" in text or "out-of-memory" in text
 
 
 def _slurm_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:

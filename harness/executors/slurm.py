@@ -85,8 +85,11 @@ class SlurmCell(submitit.helpers.Checkpointable):
                 manifest.update(store, cell_id, state="failed", reason=reason, failed_at=provenance.now())
                 store.write_state(cell_id, "failed", reason=reason, attempt=attempt, failed_at=provenance.now())
                 raise
-            time.sleep(600)  # other ranks: the requeue ends this task
-            raise RuntimeError("the job was not requeued within 10 minutes of its checkpoint") from None
+            for _ in range(600):  # other ranks: the requeue ends this task, unless rank 0 gave up
+                if (manifest.read(store, cell_id) or {}).get("state") == "failed":
+                    break
+                time.sleep(1)
+            raise RuntimeError("the job was not requeued after its checkpoint") from None
         except BaseException:
             state = store.read_state(cell_id) or {}
             if state.get("state") == "failed":
@@ -203,7 +206,8 @@ def submit(cells: Sequence[Cell], resources: Resources, slurm: SlurmConfig, stor
                 stdout=str(job.paths.stdout), folder=str(root / "slurm"),
             ))
             store.write_state(cell.id, "submitted", executor="slurm", job_id=job.job_id, submitted_at=submitted)
-        log(f"submitted {len(part)} cell(s) as job array {jobs[0].job_id.partition('_')[0]}")
+        first_id = jobs[0].job_id.partition("_")[0]
+        log(f"submitted {len(part)} cell(s) as job array {first_id}" if len(part) > 1 else f"submitted 1 cell as job {first_id}")
     return records
 
 

@@ -254,7 +254,13 @@ def _logs(args: argparse.Namespace) -> int:
     cell_id = _find_cell(store, args.cell)
     files = log_files(store, cell_id)
     if not files:
-        print(f"cell {cell_id} has no log files yet (not started, or still queued).")
+        from harness import manifest
+
+        if (manifest.read(store, cell_id) or {}).get("executor") == "ray":
+            print(f"cell {cell_id} ran on Ray: its workers log to the console of `reidbench run` and to Ray's session logs "
+                  f"(/tmp/ray/session_latest/logs/worker-*.out on each node).")
+        else:
+            print(f"cell {cell_id} has no log files yet (not started, or still queued).")
         return 0
     for path in files:
         print(f"==> {path} <==")

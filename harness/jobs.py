@@ -123,8 +123,6 @@ def log_files(store: Store, cell_id: str) -> list[Path]:
     record = manifest.read(store, cell_id) or {}
     if record.get("executor") == "slurm" and record.get("folder"):
         return sorted(Path(record["folder"]).glob(f"{record['job_id']}_*_log.*"))
-    if record.get("executor") == "ray" and record.get("log"):
-        return [Path(record["log"])]
     state = store.read_state(cell_id) or {}
     folder = Path(state["log_dir"]) if state.get("log_dir") else store.cell_dir(cell_id) / "logs"
     return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []

@@ -182,6 +182,18 @@ def test_a_cell_at_its_time_limit_checkpoints_requeues_and_resumes(work):
     assert "this job is timed-out" in log and "(0 remaining timeouts)" in log
 
 
+def test_a_cell_out_of_requeues_fails_with_the_time_limit_as_reason(work):
+    root, store = work
+    spec = tiny_spec(root, iterations=50, time=5, max_requeues=0)
+    _submit(spec, root)
+    (cell,) = load_spec(spec).cells
+    _interrupt_once_checkpointed(store, cell.id, timeout=True)
+    wait_for(lambda: statuses([cell], store)[0].state == "failed", "the cell to fail", timeout=120)
+    assert manifest.read(store, cell.id)["reason"].startswith("time limit: Job not requeued because: timed-out too many times")
+    assert _rows(store, cell.id) == []
+    wait_for(lambda: not statuses([cell], store)[0].active, "the job to end", timeout=120)
+
+
 def test_a_failing_cell_records_its_reason_and_writes_no_row(work):
     root, store = work
     spec = tiny_spec(root, iterations=20, train_extra="lr = 1e30")

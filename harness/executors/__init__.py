@@ -6,12 +6,10 @@ SLURM through submitit and returns at once; ``ray`` runs each cell as a Ray Trai
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from harness.errors import UserError, closest
-from harness.spec import Cell, Resources
-from harness.store import Store
 
 
 @dataclass(frozen=True)
@@ -21,7 +19,8 @@ class Outcome:
     reason: str | None = None
 
 
-Executor = Callable[[Sequence[Cell], Resources, Store], list[Outcome]]
+# (cells, resources, store, **executor settings) -> outcomes; slurm returns none (it only submits).
+Executor = Callable[..., list[Outcome]]
 
 
 EXECUTORS = ("local", "slurm", "ray")

@@ -110,6 +110,15 @@ def test_a_two_cell_grid_runs_as_one_array_of_ddp_jobs(work):
     again = _submit(spec, root)
     assert "Nothing to submit" in again.stdout
 
+    grown = tiny_spec(root, seeds=(0, 1, 2, 3), name=load_spec(spec).name)
+    plan = reidbench("run", grown, "--store", "store", "--executor", "slurm", "--dry-run", "--partition", "debug",
+                     "--sbatch=--exclusive", "--time", "30", cwd=root)
+    assert plan.returncode == 0, plan.stderr
+    for line in ("2 cell(s) in 1 job array(s)", "#SBATCH --array=0-1%2", "#SBATCH --partition=debug", "#SBATCH --exclusive",
+                 "#SBATCH --ntasks-per-node=2", "#SBATCH --time=30", "Estimated training time for 2 of 2 cell(s)"):
+        assert line in plan.stdout, plan.stdout
+    assert not (store.root / "manifest" / f"{load_spec(grown).cells[2].id}.json").exists()
+
 
 def test_resubmission_submits_only_cells_not_done_queued_or_running(work):
     root, store = work

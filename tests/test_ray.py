@@ -16,6 +16,7 @@ import sys
 import pytest
 from cluster_helpers import tiny_spec, wait_for
 
+from harness import manifest
 from harness.cell import expected_rows
 from harness.spec import load_spec
 from harness.store import Store
@@ -46,3 +47,4 @@ def test_a_cell_whose_worker_is_killed_resumes_from_its_checkpoint(tmp_path):
     assert sorted((r["test_dataset"], r["rerank"]) for r in rows) == sorted(expected_rows(cell))
     assert all(r["iterations"] == 50 and r["world_size"] == 2 and r["executor"] == "ray" for r in rows)
     assert (store.cell_dir(cell.id) / "ray" / "rank1.pid").read_text() != str(pid)  # a new worker took over
+    assert manifest.read(store, cell.id)["attempts"] == 2 and manifest.read(store, cell.id)["state"] == "done"

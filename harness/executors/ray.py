@@ -64,6 +64,9 @@ def train_loop(config: dict) -> None:
     pids = store.cell_dir(config["cell_id"]) / "ray"
     pids.mkdir(parents=True, exist_ok=True)
     (pids / f"rank{context.get_world_rank()}.pid").write_text(str(os.getpid()))
+    if context.get_world_rank() == 0:  # each start of the worker group is an attempt
+        record = manifest.read(store, config["cell_id"]) or {}
+        manifest.update(store, config["cell_id"], attempts=record.get("attempts", 0) + 1, started_at=provenance.now())
     from harness.cell import run_cell
 
     run_cell(config["cell"], config["resources"], config["store"], "ray", config["attempt"], sink=RaySink())

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from harness import data, provenance
+from harness import checkpoint, data, provenance
 from harness.data.device import DeviceBatches
 from harness.data.loader import shard_loader, test_transform, train_loader, train_transform
 from harness.data.sampler import PKBatchSampler, steps_per_epoch
@@ -51,11 +51,19 @@ def dataset_root(config: DatasetConfig, synthetic: SyntheticConfig) -> Path:
     return data.synthetic_root(config.name, ids=synthetic.ids, seed=synthetic.seed)
 
 
-def run_cell(cell_json: str, resources_json: str, store_root: str, executor: str, attempt: str) -> None:
-    """Entry point of each DDP process of a cell (spawned by elastic_launch, submitit or Ray)."""
+def run_cell(cell_json: str, resources_json: str, store_root: str, executor: str, attempt: str,
+             sink: checkpoint.Sink | None = None) -> None:
+    """Entry point of each DDP process of a cell (spawned by elastic_launch, submitit or Ray).
+
+    Training resumes from the cell's last checkpoint, if any: by default a file in the cell's
+    folder of the store; Ray passes its own checkpoint storage as `sink`.
+    """
     cell, resources, store = Cell.from_json(cell_json), Resources(**json.loads(resources_json)), Store(store_root)
+    sink = sink or checkpoint.FileSink(store.cell_dir(cell.id) / "checkpoint.pt")
     try:
-        _run(cell, resources, store, init_distributed(resources.device), executor)
+        _run(cell, resources, store, init_distributed(resources.device), executor, sink)
+    except checkpoint.StopRequested:
+        raise
     except BaseException as err:
         _record_failure(store, cell, int(os.environ.get("RANK", 0)), attempt, err)
         raise
@@ -63,7 +71,7 @@ def run_cell(cell_json: str, resources_json: str, store_root: str, executor: str
         shutdown()
 
 
-def _run(cell: Cell, resources: Resources, store: Store, env: DistEnv, executor: str) -> None:
+def _run(cell: Cell, resources: Resources, store: Store, env: DistEnv, executor: str, sink: checkpoint.Sink) -> None:
     started = provenance.now()
     log = (lambda message: print(f"[{cell.id}] {message}", flush=True)) if env.is_main else (lambda message: None)
     config = cell.train
@@ -80,11 +88,17 @@ def _run(cell: Cell, resources: Resources, store: Store, env: DistEnv, executor:
         last_stride=config.last_stride,
         label_smoothing=config.label_smoothing,
         triplet_margin=config.triplet_margin,
-    ).to(env.device)
+    ).to(env.device, memory_format=torch.channels_last if config.channels_last else torch.preserve_format)
     torch.manual_seed(cell.seed * 1000 + env.rank)  # distinct augmentations per rank
 
     pin = env.device.type == "cuda"
     epoch_steps = steps_per_epoch(train_set.num_train_ids, config.ids_per_batch)
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config, epoch_steps)
+    state, start_step = sink.load(), 0
+    if state is not None:
+        start_step = checkpoint.restore(state, model, optimizer, scheduler, env.rank, env.world_size)
+        log(f"resumed from the checkpoint at step {start_step}")
     sampler = PKBatchSampler(
         [s.pid for s in train_set.train],
         ids_per_batch=config.ids_per_batch,
@@ -93,6 +107,7 @@ def _run(cell: Cell, resources: Resources, store: Store, env: DistEnv, executor:
         seed=cell.seed,
         rank=env.rank,
         world_size=env.world_size,
+        start_step=start_step,
     )
     augmentation = {"flip": config.flip, "padding": config.padding, "random_erasing": config.random_erasing}
     if config.data_on_device:
@@ -105,13 +120,19 @@ def _run(cell: Cell, resources: Resources, store: Store, env: DistEnv, executor:
         transform = train_transform(config.input_size, **augmentation, heatmap_stride=_feature_stride(config))
         loader = train_loader(train_set.train, sampler, transform, num_workers=config.num_workers, pin_memory=pin,
                               cues=model.train_cues, cue_root=train_root, in_memory=config.in_memory)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
     trained = DistributedDataParallel(model) if env.world_size > 1 else model
     trained = torch.compile(trained) if config.compile else trained
     precision = resolve_precision(config.precision, env.device)
-    optimizer = build_optimizer(model, config)
-    scheduler = build_scheduler(optimizer, config, epoch_steps)
+
+    def after_step(step: int, check) -> None:
+        stop = checkpoint.stop_requested()
+        if stop or (config.checkpoint_every and step % config.checkpoint_every == 0 and step < sampler.steps):
+            check()  # never checkpoint weights trained on a non-finite loss
+            sink.save(checkpoint.capture(model, optimizer, scheduler, step, env.rank), step)
+            log(f"checkpoint at step {step}")
+            if stop:
+                raise checkpoint.StopRequested(step)
+
     log(
         f"training {cell.method}:{cell.variant} on {cell.backbone} for {sampler.steps} steps, "
         f"{train_set.num_train_ids} ids, {len(train_set.train)} images, world size {env.world_size}, {env.device}"
@@ -122,7 +143,7 @@ def _run(cell: Cell, resources: Resources, store: Store, env: DistEnv, executor:
             trained, model.losses, loader, optimizer, scheduler,
             device=env.device, world_size=env.world_size, log_every=config.log_every, log=log,
             precision=precision, channels_last=config.channels_last, check_every=config.check_every,
-            warmup_steps=min(_TIMING_WARMUP, sampler.steps // 2),
+            warmup_steps=min(_TIMING_WARMUP, sampler.steps // 2), start_step=start_step, after_step=after_step,
         )
     log(f"trained {result.iterations} steps in {result.seconds:.1f} s ({precision})")
     gpu, peak = gather_gpu_figures(gpu_sampler.figures(since=result.measured_from), peak_memory(env.device))
@@ -138,6 +159,7 @@ def _run(cell: Cell, resources: Resources, store: Store, env: DistEnv, executor:
         store.write_profile(training_row(cell, result, gpu, peak, precision=precision, device=env.device,
                                          world_size=env.world_size, executor=executor, started=started))
         store.write_state(cell.id, "done", finished_at=provenance.now(), iterations=result.iterations)
+        sink.clear()
 
 
 def _result_row(cell: Cell, resources: Resources, test_set: data.ReidData, metrics: dict, result: TrainResult,
@@ -172,8 +194,14 @@ def _result_row(cell: Cell, resources: Resources, test_set: data.ReidData, metri
         "executor": executor,
         "started_at": started,
         "finished_at": provenance.now(),
-        "config": json.dumps({"cell": json.loads(cell.to_json()), "resources": asdict(resources)}, sort_keys=True),
+        "config": json.dumps({"cell": json.loads(cell.to_json()), "resources": asdict(resources), "scheduler": _scheduler_ids()}, sort_keys=True),
     }
+
+
+def _scheduler_ids() -> dict[str, str]:
+    """The cluster's names for this run (SLURM job and array ids, restart count), for provenance."""
+    keys = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT", "SLURM_CLUSTER_NAME")
+    return {k.lower(): os.environ[k] for k in keys if k in os.environ}
 
 
 def _evaluate(model: torch.nn.Module, test_set: data.ReidData, config: TrainConfig, env: DistEnv, name: str,

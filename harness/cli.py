@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,11 +46,12 @@ def _parser() -> argparse.ArgumentParser:
                          description="Expand a grid spec into cells and run every cell whose results are not in the store yet.")
     run.add_argument("spec", type=Path, help="a grid spec, e.g. jobs/smoke.toml")
     store_option(run)
-    run.add_argument("--executor", default="local", help="where cells run: local (default)")
+    run.add_argument("--executor", default="local", help="where cells run: local (default), slurm (submit and return) or ray")
     run.add_argument("--force", action="store_true", help="run every cell again, even those already done")
     run.add_argument("--dry-run", action="store_true", help="list the cells, their ids and states; run nothing")
     run.add_argument("--reports", default=DEFAULT_REPORTS, type=Path, metavar="DIR",
                      help=f"where the grid's results table is written as Markdown (default: {DEFAULT_REPORTS}/)")
+    _cluster_options(run)
     run.set_defaults(command=_run)
 
     status = sub.add_parser("status", help="show which cells of a grid are done, failed or not started",
@@ -59,6 +59,20 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("spec", type=Path, help="a grid spec")
     store_option(status)
     status.set_defaults(command=_status)
+
+    logs = sub.add_parser("logs", help="print where a cell's logs are and their last lines",
+                          description="The log files of a cell (its SLURM task logs, or the local launcher's) and the tail of each.")
+    logs.add_argument("cell", help="a cell id, or a unique prefix of one")
+    store_option(logs)
+    logs.add_argument("-n", "--lines", type=int, default=20, help="lines of each log to print (default: 20)")
+    logs.set_defaults(command=_logs)
+
+    cancel = sub.add_parser("cancel", help="cancel the queued and running SLURM jobs of a grid",
+                            description="scancel the jobs of the grid's cells (or only of --cells) that are pending or running.")
+    cancel.add_argument("spec", type=Path, help="a grid spec")
+    store_option(cancel)
+    cancel.add_argument("--cells", nargs="+", metavar="ID", help="only these cell ids (or prefixes)")
+    cancel.set_defaults(command=_cancel)
 
     report = sub.add_parser("report", help="render the five papers' tables: published, measured and the difference",
                             description="Render every results table of the five papers from the store: the published "
@@ -102,11 +116,20 @@ def _run(args: argparse.Namespace) -> int:
 
     spec, store = load_spec(args.spec), Store(args.store)
     executor = get_executor(args.executor)  # an unknown name is an error even when nothing is left to run
+    spec, settings = _cluster_settings(args, spec)
     if args.dry_run:
         print(_cells_table(spec, store))
         todo = sum(args.force or not is_done(store, c) for c in spec.cells)
         print(f"\n{len(spec.cells)} cell(s) in grid {spec.name!r}, {todo} to run. Nothing was run (--dry-run).")
+        if args.executor == "slurm":
+            from harness.executors.slurm import dry_run
+            from harness.jobs import statuses
+
+            todo = [s.cell for s in statuses(spec.cells, store) if not s.active and (args.force or s.state != "done")]
+            print(dry_run(todo, spec.resources, spec.slurm, store))
         return 0
+    if args.executor == "slurm":
+        return _submit(args, spec, store)
     todo = [c for c in spec.cells if args.force or not is_done(store, c)]
     if not todo:
         print(f"All {len(spec.cells)} cell(s) of grid {spec.name!r} are done in {store.root}/; nothing to run (--force reruns them).")
@@ -114,13 +137,63 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     _prepare_data(todo, spec.resources.world_size)
     print(f"Running {len(todo)} of {len(spec.cells)} cell(s) of grid {spec.name!r} with the {args.executor} executor.", flush=True)
-    outcomes = executor(todo, spec.resources, store)
+    outcomes = executor(todo, spec.resources, store, **settings)
     _show_results(spec, store, args.reports)
     failed = [o for o in outcomes if not o.ok]
     for outcome in failed:
         where = store.cell_dir(outcome.cell_id)
         print(f"cell {outcome.cell_id} failed: {outcome.reason} (traceback in {where / 'state.json'}, logs in {where / 'logs'})", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _cluster_options(run: argparse.ArgumentParser) -> None:
+    slurm = run.add_argument_group("slurm executor", "override the spec's [slurm] table (and [resources] gpus_per_node)")
+    for flag, kind, text in (("partition", str, "partition"), ("account", str, "account to charge"), ("qos", str, "quality of service"),
+                             ("gres", str, "generic resources, e.g. gpu:a100:4"), ("constraint", str, "node features"),
+                             ("time", int, "minutes per attempt"), ("mem", str, "memory per node, e.g. 64G"),
+                             ("cpus-per-task", int, "CPUs per process"), ("array-parallelism", int, "cells of an array running at once"),
+                             ("gpus-per-node", int, "GPUs per node")):
+        slurm.add_argument(f"--{flag}", type=kind, help=text)
+    slurm.add_argument("--sbatch", action="append", metavar="OPTION", help="an extra sbatch option, e.g. --sbatch=--exclude=node7 (repeatable)")
+    ray = run.add_argument_group("ray executor")
+    ray.add_argument("--ray-address", metavar="ADDR", help="the Ray cluster (default: RAY_ADDRESS, else a local cluster for the run)")
+
+
+def _cluster_settings(args: argparse.Namespace, spec):
+    """The spec with command-line overrides, and the executor's own keyword arguments."""
+    import dataclasses
+
+    names = ("partition", "account", "qos", "gres", "constraint", "time", "mem", "cpus_per_task", "array_parallelism")
+    slurm = dataclasses.replace(spec.slurm, **{n: getattr(args, n) for n in names if getattr(args, n) is not None})
+    if args.sbatch:
+        slurm = dataclasses.replace(slurm, extra=(*slurm.extra, *args.sbatch))
+    resources = spec.resources
+    if args.gpus_per_node is not None:
+        resources = dataclasses.replace(resources, gpus_per_node=args.gpus_per_node)
+    ray = dataclasses.replace(spec.ray, address=args.ray_address or os.environ.get("RAY_ADDRESS") or spec.ray.address)
+    spec = dataclasses.replace(spec, slurm=slurm, resources=resources, ray=ray)
+    return spec, {"slurm": {"slurm": slurm}, "ray": {"ray": ray}}.get(args.executor, {})
+
+
+def _submit(args: argparse.Namespace, spec, store) -> int:
+    """Submit the cells that are neither done nor queued or running, and return at once."""
+    from harness.executors.slurm import check_cluster, submit
+    from harness.jobs import statuses
+
+    check_cluster()
+    current = statuses(spec.cells, store)
+    busy = [s for s in current if s.active]
+    todo = [s.cell for s in current if not s.active and (args.force or s.state != "done")]
+    if busy:
+        print(f"{len(busy)} cell(s) are still queued or running; left alone.")
+    if not todo:
+        print(f"Nothing to submit: the {len(spec.cells)} cell(s) of grid {spec.name!r} are done, queued or running (`reidbench status {args.spec}`).")
+        return 0
+    _prepare_data(todo, spec.resources.world_size)
+    submit(todo, spec.resources, spec.slurm, store)
+    print(f"Submitted {len(todo)} of {len(spec.cells)} cell(s) of grid {spec.name!r}; the manifest is in {store.root / 'manifest'}/. "
+          f"Follow them with `reidbench status {args.spec}`.")
+    return 0
 
 
 def _prepare_data(cells, world_size: int) -> None:
@@ -175,35 +248,73 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _cells_table(spec, store) -> str:
-    from harness.cell import is_done
+    """One line per cell: the store, the submission manifest and the scheduler's view merged (harness.jobs)."""
+    from harness.jobs import statuses
 
     lines = []
-    for cell in spec.cells:
-        if is_done(store, cell):
-            state = {"state": "done"}
+    for s in statuses(spec.cells, store):
+        cell = s.cell
+        lines.append([cell.id, f"{cell.method}:{cell.variant}", cell.backbone, cell.train_dataset, ",".join(cell.test_datasets),
+                      cell.seed, s.state, "" if s.attempts is None else s.attempts, s.job_id or "", s.detail or ""])
+    return tabulate(lines, headers=["cell", "method", "backbone", "train", "test", "seed", "state", "attempts", "job", "detail"],
+                    disable_numparse=True)
+
+
+def _find_cell(store, prefix: str) -> str:
+    from harness.errors import closest
+
+    known = sorted({p.name for d in ("cells", "rows") if (store.root / d).is_dir() for p in (store.root / d).iterdir()}
+                   | {p.stem for p in (store.root / "manifest").glob("*.json")})
+    matches = [c for c in known if c.startswith(prefix)]
+    if len(matches) != 1:
+        problem = "matches several cells" if matches else "is not a cell of this store"
+        raise UserError(f"{prefix!r} {problem} ({store.root}/); {closest(prefix, matches or known)}. `reidbench status SPEC` lists the cells.")
+    return matches[0]
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from harness.jobs import log_files, tail
+    from harness.store import Store
+
+    store = Store(args.store)
+    cell_id = _find_cell(store, args.cell)
+    files = log_files(store, cell_id)
+    if not files:
+        from harness import manifest
+
+        if (manifest.read(store, cell_id) or {}).get("executor") == "ray":
+            print(f"cell {cell_id} ran on Ray: its workers log to the console of `reidbench run` and to Ray's session logs "
+                  f"(/tmp/ray/session_latest/logs/worker-*.out on each node).")
         else:
-            state = store.read_state(cell.id) or {"state": "not started"}
-            if state["state"] == "done":  # but rows are gone: `run` will redo the cell
-                state = {"state": "rows missing", "reason": f"expected rows under {store.root / 'rows' / cell.id}"}
-        label = state["state"]
-        if label == "running" and state.get("hostname") == socket.gethostname() and not _alive(state.get("pid")):
-            label = "interrupted"
-        detail = state.get("reason") or (state.get("log_dir") if label != "done" else "")
-        lines.append([cell.id, f"{cell.method}:{cell.variant}", cell.backbone, cell.train_dataset,
-                      ",".join(cell.test_datasets), cell.seed, label, detail or ""])
-    return tabulate(lines, headers=["cell", "method", "backbone", "train", "test", "seed", "state", "detail"], disable_numparse=True)
+            print(f"cell {cell_id} has no log files yet (not started, or still queued).")
+        return 0
+    for path in files:
+        print(f"==> {path} <==")
+        print(tail(path, args.lines))
+    return 0
 
 
-def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _cancel(args: argparse.Namespace) -> int:
+    from harness import manifest
+    from harness.executors.slurm import cancel, check_cluster
+    from harness.jobs import statuses
+    from harness.spec import load_spec
+    from harness.store import Store
+
+    spec, store = load_spec(args.spec), Store(args.store)
+    cells = spec.cells
+    if args.cells:
+        cells = [c for c in cells if any(c.id.startswith(p) for p in args.cells)]
+        if not cells:
+            raise UserError(f"none of --cells {' '.join(args.cells)} is a cell of {args.spec}; `reidbench status {args.spec}` lists them.")
+    check_cluster()
+    targets = [s for s in statuses(cells, store) if s.active and s.job_id]
+    cancel([s.job_id for s in targets])
+    for s in targets:
+        manifest.update(store, s.cell.id, state="cancelled")
+        print(f"cancelled cell {s.cell.id} (job {s.job_id})")
+    print(f"{len(targets)} job(s) cancelled." if targets else "No queued or running job to cancel.")
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ ID_VERSION = 1  # bump when the meaning of a resolved configuration changes
 # Settings that change how fast a cell runs or how much it logs, not what it computes.
 _NOT_IDENTITY = frozenset({
     "num_workers", "eval_batch_size", "log_every", "in_memory",
-    "precision", "channels_last", "compile", "data_on_device", "check_every",
+    "precision", "channels_last", "compile", "data_on_device", "check_every", "checkpoint_every",
 })
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -63,6 +63,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     data_on_device: bool = False  # decode the training set once, keep it on the device as uint8, augment there
     check_every: int = 10  # steps between non-finite loss checks (each costs one host sync)
+    checkpoint_every: int = 500  # steps between checkpoints (0: only when the scheduler asks to stop)
 
     def __post_init__(self) -> None:
         if self.iterations is None and self.epochs is None:
@@ -93,8 +94,43 @@ class SyntheticConfig:
 class Resources:
     """How each cell runs; not part of a cell's identity."""
 
-    world_size: int = 1  # DDP processes per cell
+    world_size: int = 1  # DDP processes per cell: nodes x processes per node
     device: str = "auto"  # auto | cpu | cuda
+    nodes: int = 1  # cluster executors: the cell's processes spread over this many nodes
+    gpus_per_node: int = 0  # cluster executors: GPUs requested per node (one process per GPU)
+
+    @property
+    def tasks_per_node(self) -> int:
+        return self.world_size // self.nodes
+
+
+@dataclass(frozen=True)
+class SlurmConfig:
+    """sbatch settings for `--executor slurm`; each can be overridden on the command line."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    gres: str | None = None  # e.g. "gpu:a100:4"; or [resources] gpus_per_node
+    constraint: str | None = None
+    time: int = 240  # minutes per attempt; a cell that needs longer is checkpointed and requeued
+    mem: str | None = None  # per node, e.g. "64G"
+    cpus_per_task: int | None = None
+    extra: tuple[str, ...] = ()  # more sbatch options, e.g. ["--exclude=node7"]
+    setup: tuple[str, ...] = ()  # shell lines run before the cell (module load, conda activate)
+    array_parallelism: int = 256  # cells of one array running at once
+    max_requeues: int = 3  # time-limit requeues per cell (preemptions are not counted)
+    signal_delay_s: int = 90  # the checkpoint signal comes this long before the time limit
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """Settings for `--executor ray`."""
+
+    address: str | None = None  # or RAY_ADDRESS; none starts a local Ray cluster for the run
+    max_failures: int = 3  # worker failures a cell survives by restoring its last checkpoint
+    cpus_per_worker: float = 1.0
+    storage_path: str | None = None  # shared by every node; default: <store>/ray
 
 
 @dataclass(frozen=True)
@@ -160,10 +196,12 @@ class Spec:
     name: str
     cells: tuple[Cell, ...]
     resources: Resources = field(default_factory=Resources)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
 _GRID_KEYS = ("name", "methods", "backbones", "train_datasets", "test_datasets", "seeds")
-_TOP_TABLES = ("grid", "train", "resources", "synthetic", "datasets")
+_TOP_TABLES = ("grid", "train", "resources", "synthetic", "datasets", "slurm", "ray")
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -243,7 +281,8 @@ class _SpecParser:
                 self._fail(f"the grid lists the same cell twice ({cell.method}:{cell.variant}, {cell.backbone}, "
                            f"{cell.train_dataset}, seed {cell.seed}); remove the repeated name or seed", table="grid")
             seen[cell.id] = cell
-        return Spec(path=self.path, name=name, cells=tuple(cells), resources=resources)
+        slurm, ray = self._dataclass(SlurmConfig, "slurm"), self._dataclass(RayConfig, "ray")
+        return Spec(path=self.path, name=name, cells=tuple(cells), resources=resources, slurm=slurm, ray=ray)
 
     # -- pieces ---------------------------------------------------------------------------------
 
@@ -283,6 +322,8 @@ class _SpecParser:
         if t.iterations is not None and "epochs" in self.raw.get("train", {}):
             self._fail("give either iterations or epochs, not both", table="train", key="epochs")
         positive = ["ids_per_batch", "images_per_id", "eval_batch_size", "log_every", "check_every"]
+        if t.checkpoint_every < 0:
+            self._fail("checkpoint_every must not be negative (0: only when the scheduler asks)", table="train", key="checkpoint_every")
         for key in positive:
             if getattr(t, key) < 1:
                 self._fail(f"{key} must be at least 1", table="train", key=key)
@@ -307,6 +348,10 @@ class _SpecParser:
             self._fail("world_size must be at least 1", table="resources", key="world_size")
         if r.device not in ("auto", "cpu", "cuda"):
             self._fail(f"unknown device {r.device!r}; {closest(r.device, ['auto', 'cpu', 'cuda'])}", table="resources", key="device")
+        if r.nodes < 1 or r.world_size % r.nodes:
+            self._fail(f"nodes must be at least 1 and divide world_size ({r.world_size})", table="resources", key="nodes")
+        if r.gpus_per_node < 0:
+            self._fail("gpus_per_node must not be negative", table="resources", key="gpus_per_node")
 
     def _names(self, table: dict, key: str, *, required: bool) -> list[str]:
         if key not in table:
@@ -367,7 +412,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     if value is None and "None" in text:
         return None
     if text.startswith("tuple"):
-        inner = float if "float" in text else int
+        inner = float if "float" in text else str if "str" in text else int
         if not isinstance(value, (list, tuple)):
             raise _BadValue(key, f"{key} must be a list of {inner.__name__}s")
         return tuple(_coerce(key, v, inner) for v in value)

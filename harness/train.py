@@ -112,21 +112,26 @@ def train(
     warmup_steps: int = 0,
     log_every: int = 20,
     log: Callable[[str], None] = print,
+    start_step: int = 0,
+    after_step: Callable[[int, Callable[[], dict[str, float]]], None] | None = None,
 ) -> TrainResult:
     """Train over `batches`; the loss terms are averaged over ranks and checked every `check_every` steps.
 
     A check costs one small all-reduce and one host sync; every rank checks at the same steps, so
     all stop together, at the first step whose loss was not finite. With `check_every` = 1 that
     step never updates the weights. `precision` is resolved already (see resolve_precision); the
-    first `warmup_steps` are left out of the measured throughput.
+    first `warmup_steps` are left out of the measured throughput. A resumed run starts at
+    `start_step`; `after_step(steps done, check)` runs after every step (checkpoints, see
+    harness.checkpoint), and calls `check()` before it saves, so that no checkpoint holds weights
+    trained on a non-finite loss.
     """
     model.train()
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     watch = _LossWatch()
     start, steps, images, terms = time.perf_counter(), 0, 0, {}
     measured_from, measured_images = None, 0
-    for step, (inputs, pids, _, *cues) in enumerate(batches):  # cues: present when the method asks for some
-        if step == warmup_steps:
+    for step, (inputs, pids, _, *cues) in enumerate(batches, start=start_step):  # cues: when the method asks for some
+        if step == start_step + warmup_steps:
             measured_from, measured_images = _synchronized_time(device), images
         inputs = inputs.to(device, non_blocking=True)
         if channels_last and inputs.dim() == 4:
@@ -152,12 +157,14 @@ def train(
             shown = " ".join(f"{k}={v:.3f}" for k, v in terms.items())
             rate = images / (time.perf_counter() - start)
             log(f"step {step + 1}: {shown} lr={scheduler.get_last_lr()[0]:.2e} {rate:.1f} img/s")
-    terms = watch.check() or terms
+        if after_step is not None:
+            after_step(step + 1, watch.check)
+    terms = watch.check()
     end = _synchronized_time(device)
     seconds = end - start
     measured = end - measured_from if measured_from is not None else 0.0
     return TrainResult(
-        steps, seconds, images / seconds if steps else None, terms, warmup_steps=min(warmup_steps, steps),
+        start_step + steps, seconds, images / seconds if steps else None, terms, warmup_steps=min(warmup_steps, steps),
         measured_images=images - measured_images, measured_seconds=measured, measured_from=measured_from,
     )
 
@@ -168,6 +175,7 @@ class _LossWatch:
     def __init__(self) -> None:
         self.names: list[str] = []
         self.pending: list[tuple[int, torch.Tensor]] = []
+        self.last: dict[str, float] = {}  # the last checked step's terms
 
     def add(self, step: int, terms: dict[str, torch.Tensor]) -> None:
         self.names = list(terms)
@@ -176,7 +184,7 @@ class _LossWatch:
     def check(self) -> dict[str, float]:
         """The last pending step's terms averaged over ranks; NonFiniteLoss at the first bad step."""
         if not self.pending:
-            return {}
+            return self.last
         steps = [step for step, _ in self.pending]
         values = all_reduce_mean(torch.stack([v for _, v in self.pending])).tolist()
         self.pending = []
@@ -184,6 +192,7 @@ class _LossWatch:
             terms = dict(zip(self.names, row))
             if not all(math.isfinite(v) for v in row):
                 raise NonFiniteLoss(step, terms)
+        self.last = terms
         return terms
 
 

@@ -38,6 +38,8 @@ from harness.distance import Metric, as_features, check_metric, distance_block, 
 
 # Rows of the distance matrix per block in the neighbour pass; memory is block x N float32.
 _ROW_BLOCK = 512
+# Nearest items kept per row, in multiples of k1 + 1 (the rest of the weights' distances are recomputed).
+_KEEP = 3
 # Rows per block when recomputing the few distances the weights need from features.
 _PAIR_BLOCK = 32
 # Bound on (query, gallery) partial products held at once while accumulating Jaccard.
@@ -185,33 +187,97 @@ def _rerank(source, num_q: int, num_g: int, k1: int, k2: int, lam: float, device
     out = np.empty((num_q, num_g), dtype=np.float32)
     out_t = torch.from_numpy(out)
     with torch.no_grad():
-        knn, row_max = _neighbours(source, n, num_q, k1, out_t, device)
-        v_crow, v_col, v_val = _k_reciprocal_weights(source, knn, row_max, k1)
+        if isinstance(source, _FeatureSource) and isinstance(source.metric, str):
+            near, near_sq, row_max = _neighbours_symmetric(source, n, num_q, k1, out_t, device)
+        else:
+            near, near_sq, row_max = _neighbours(source, n, num_q, k1, out_t, device)
+        knn = near[:, : min(k1 + 1, n)].contiguous()
+        v_crow, v_col, v_val = _k_reciprocal_weights(source, knn, near, near_sq, row_max, k1)
         if k2 != 1:
             v_crow, v_col, v_val = _query_expansion(v_crow, v_col, v_val, knn[:, :k2], n)
         _combine_jaccard(v_crow, v_col, v_val, num_q, n, lam, out_t)
     return out
 
 
-def _neighbours(source, n: int, num_q: int, k1: int, out: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """One pass over row blocks: each row's max squared distance and its k1+1 nearest items.
+def _neighbours(source, n: int, num_q: int, k1: int, out: torch.Tensor, device):
+    """One pass over row blocks: each row's max squared distance and nearest items.
 
-    The query rows' normalised query-gallery part is written into ``out`` on the way
-    (it is the "original distance" term of the final combination).
+    Keeps the ``_KEEP * (k1 + 1)`` nearest items with their squared distances: the
+    first ``k1 + 1`` are the neighbour lists, and the longer list already holds
+    most distances the weights need later.  The query rows' normalised
+    query-gallery part is written into ``out`` on the way (it is the "original
+    distance" term of the final combination).
     """
-    k = min(k1 + 1, n)
-    knn = torch.empty((n, k), dtype=torch.int64, device=device)
+    keep = min(_KEEP * (k1 + 1), n)
+    near = torch.empty((n, keep), dtype=torch.int64, device=device)
+    near_sq = torch.empty((n, keep), dtype=torch.float32, device=device)
     row_max = torch.empty(n, dtype=torch.float32, device=device)
     for start in range(0, n, _ROW_BLOCK):
         stop = min(start + _ROW_BLOCK, n)
         d = source.rows(start, stop).square_()
         row_max[start:stop] = d.max(dim=1).values
-        knn[start:stop] = torch.topk(d, k, dim=1, largest=False, sorted=True).indices
+        near_sq[start:stop], near[start:stop] = torch.topk(d, keep, dim=1, largest=False, sorted=True)
         if start < num_q:
             q_stop = min(stop, num_q)
             mx = row_max[start:q_stop, None]
             out[start:q_stop] = (d[: q_stop - start, num_q:] / mx).cpu()
-    return knn, row_max
+    return near, near_sq, row_max
+
+
+def _neighbours_symmetric(source, n: int, num_q: int, k1: int, out: torch.Tensor, device):
+    """:func:`_neighbours` for a symmetric built-in metric at half the arithmetic.
+
+    Row block ``[s, e)`` is scored only against items ``>= s``; the part against
+    later items also serves, transposed, as those items' distances to the block,
+    merged into their running nearest lists.  Every pair is computed once.
+    """
+    keep = min(_KEEP * (k1 + 1), n)
+    near = torch.full((n, keep), -1, dtype=torch.int64, device=device)
+    near_sq = torch.full((n, keep), float("inf"), dtype=torch.float32, device=device)
+    row_max = torch.zeros(n, dtype=torch.float32, device=device)
+    feats, metric, norm = source.feats, source.metric, source.norm
+    for start in range(0, n, _ROW_BLOCK):
+        stop = min(start + _ROW_BLOCK, n)
+        d = distance_block(feats[start:stop], feats[start:], metric, norm[start:]).square_()
+        _merge_nearest(near, near_sq, row_max, start, d, start)
+        if stop < n:
+            later = d[:, stop - start :].T
+            for s in range(0, later.shape[0], 8192):
+                _merge_nearest(near, near_sq, row_max, stop + s, later[s : s + 8192], start)
+        if start < num_q:  # query rows: their gallery columns are all >= start
+            q_stop, g0 = min(stop, num_q), max(start, num_q)
+            out[start:q_stop, g0 - num_q :] = d[: q_stop - start, g0 - start :].cpu()
+    for s in range(0, num_q, 4096):
+        e = min(s + 4096, num_q)
+        out[s:e] /= row_max[s:e, None].cpu()
+    return near, near_sq, row_max
+
+
+def _merge_nearest(near, near_sq, row_max, row0: int, d: torch.Tensor, col0: int) -> None:
+    """Fold distances ``d`` of rows ``row0...`` to columns ``col0...`` into the running lists."""
+    rows = slice(row0, row0 + d.shape[0])
+    cols = torch.arange(col0, col0 + d.shape[1], device=d.device).expand(d.shape[0], -1)
+    vals = torch.cat([near_sq[rows], d], dim=1)
+    idx = torch.cat([near[rows], cols], dim=1)
+    best, pos = torch.topk(vals, near.shape[1], dim=1, largest=False, sorted=True)
+    near_sq[rows], near[rows] = best, idx.gather(1, pos)
+    row_max[rows] = torch.maximum(row_max[rows], d.max(dim=1).values)
+
+
+def _pair_squares(source, rows, cols, near, near_sq) -> torch.Tensor:
+    """Squared distances of (row, col) pairs: from the kept lists, else from the source."""
+    out = torch.empty(rows.shape[0], dtype=torch.float32, device=rows.device)
+    found = torch.zeros(rows.shape[0], dtype=torch.bool, device=rows.device)
+    step = max(1, (1 << 22) // near.shape[1])
+    for s in range(0, rows.shape[0], step):
+        match = near[rows[s : s + step]] == cols[s : s + step, None]
+        hit, pos = match.max(dim=1)
+        found[s : s + step] = hit
+        out[s : s + step] = near_sq[rows[s : s + step], pos]
+    missing = (~found).nonzero(as_tuple=True)[0]
+    if missing.numel():
+        out[missing] = source.pairs(rows[missing], cols[missing]).square_()
+    return out
 
 
 def _reciprocal(knn: torch.Tensor, fill: int) -> torch.Tensor:
@@ -227,7 +293,7 @@ def _reciprocal(knn: torch.Tensor, fill: int) -> torch.Tensor:
     return out
 
 
-def _k_reciprocal_weights(source, knn: torch.Tensor, row_max: torch.Tensor, k1: int):
+def _k_reciprocal_weights(source, knn: torch.Tensor, near: torch.Tensor, near_sq: torch.Tensor, row_max: torch.Tensor, k1: int):
     """Sparse V (CSR triple): Gaussian weights over each item's expanded k-reciprocal set."""
     n, k = knn.shape
     half = int(np.around(k1 / 2.0)) + 1
@@ -251,7 +317,7 @@ def _k_reciprocal_weights(source, knn: torch.Tensor, row_max: torch.Tensor, k1: 
         rows_parts.append(b_idx + s)
         cols_parts.append(members[b_idx, pos])
     rows, cols = torch.cat(rows_parts), torch.cat(cols_parts)
-    dist = source.pairs(rows, cols).square_() / row_max[rows]
+    dist = _pair_squares(source, rows, cols, near, near_sq) / row_max[rows]
     weight = torch.exp(-dist)
     total = torch.zeros(n, dtype=torch.float32, device=knn.device).index_add_(0, rows, weight)
     crow = _crow(rows, n)

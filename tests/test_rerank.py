@@ -79,9 +79,15 @@ def test_changes_the_distances() -> None:
     assert np.abs(got - rerank(q_g, q_q, g_g, lambda_value=1.0)).max() > 0.05
 
 
-def test_asymmetric_inputs_use_columns_like_the_reference() -> None:
+@pytest.mark.parametrize("keep", [1, 3])
+def test_asymmetric_inputs_use_columns_like_the_reference(keep, monkeypatch) -> None:
     # The reference normalises columns of the stacked matrix and transposes it,
-    # so a non-symmetric q_q / g_g is read by columns; so must we be.
+    # so a non-symmetric q_q / g_g is read by columns; so must we be.  keep=1
+    # keeps only the k1+1 neighbour distances, so most weights' distances are
+    # looked up in the input matrices instead.
+    import harness.rerank as rr
+
+    monkeypatch.setattr(rr, "_KEEP", keep)
     rng = np.random.default_rng(5)
     q_g = rng.random((12, 40)).astype(np.float32)
     q_q = rng.random((12, 12)).astype(np.float32)
@@ -91,10 +97,13 @@ def test_asymmetric_inputs_use_columns_like_the_reference() -> None:
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
-def test_features_entry_matches_dense_reference(metric, monkeypatch) -> None:
-    # Small blocks force several row blocks, pair blocks and Jaccard blocks.
+@pytest.mark.parametrize("keep", [1, 3])
+def test_features_entry_matches_dense_reference(metric, keep, monkeypatch) -> None:
+    # Small blocks force several row blocks, pair blocks and Jaccard blocks;
+    # keep=1 makes most weights' distances come from recomputed feature blocks.
     import harness.rerank as rr
 
+    monkeypatch.setattr(rr, "_KEEP", keep)
     monkeypatch.setattr(rr, "_ROW_BLOCK", 7)
     monkeypatch.setattr(rr, "_PAIR_BLOCK", 5)
     monkeypatch.setattr(rr, "_JACCARD_PAIRS", 300)

@@ -426,7 +426,5 @@ def _check_params(k1: Any, k2: Any, lambda_value: Any, n: int) -> None:
             raise ValueError(f"{name}: must be a positive int, got {value!r}")
     if k2 > k1 + 1:
         raise ValueError(f"k2: must be at most k1 + 1 = {k1 + 1} (it indexes the k1 + 1 nearest neighbours), got {k2}")
-    if k1 + 1 > n:
-        raise ValueError(f"k1: needs at least k1 + 1 = {k1 + 1} images in query + gallery, got {n}")
     if not isinstance(lambda_value, (int, float)) or isinstance(lambda_value, bool) or not 0.0 <= lambda_value <= 1.0:
         raise ValueError(f"lambda_value: must be a number in [0, 1], got {lambda_value!r}")

@@ -72,6 +72,12 @@ def test_matrix_entry_matches_dense_reference(seed, k1, k2, lam) -> None:
     assert np.abs(got - expected).max() <= 1e-4
 
 
+def test_fewer_images_than_k1_like_the_reference() -> None:
+    # 3 + 8 images with k1 = 20: every neighbour list is the whole set, as in the reference's slicing.
+    q_g, q_q, g_g = _matrices(*_problem(10, num_q=3, num_g=8))
+    assert np.abs(rerank(q_g, q_q, g_g) - _dense_reference(q_g, q_q, g_g)).max() <= 1e-4
+
+
 def test_changes_the_distances() -> None:
     # lambda < 1 must actually move distances (the Jaccard term is not a no-op).
     q_g, q_q, g_g = _matrices(*_problem(4))

@@ -224,7 +224,7 @@ def main() -> None:
             figures = {}
             for task in ("eval ours", "eval ref", "rerank ours", "rerank ref"):
                 if task.endswith("ref") and not with_ref:
-                    print(f"  {task:12s} not run at this size (its dense N x N matrices do not fit)")
+                    print(f"  {task:12s} not run at this size (not in --reference-at: its dense N x N matrices would not fit in memory)")
                     continue
                 figures[task] = r = run_child(task, size, args.scale, args.device, os.path.join(tmp, task.replace(" ", "_") + ".npy"))
                 if r:

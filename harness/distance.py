@@ -93,8 +93,14 @@ def pairwise_distance(
     out_view = torch.from_numpy(out)  # shares memory: chunks are written in place
     with torch.no_grad():
         for start in range(0, q.shape[0], chunk_size):
-            block = distance_block(q[start : start + chunk_size], g, metric, g_norm)
-            out_view[start : start + block.shape[0]].copy_(block)
+            q_chunk = q[start : start + chunk_size]
+            target = out_view[start : start + q_chunk.shape[0]]
+            if metric == "euclidean" and q.device.type == "cpu":
+                # Same arithmetic as distance_block, written straight into the result.
+                torch.addmm(g_norm[None, :], q_chunk, g.T, beta=1.0, alpha=-2.0, out=target)
+                target.add_((q_chunk * q_chunk).sum(dim=1)[:, None]).clamp_(min=0.0).sqrt_()
+            else:
+                target.copy_(distance_block(q_chunk, g, metric, g_norm))
     return out
 
 

@@ -61,6 +61,17 @@ def distance_block(q: torch.Tensor, g: torch.Tensor, metric: Metric, g_norm: tor
     return block.mul_(-2.0).add_(q_sq[:, None]).add_(g_norm[None, :]).clamp_(min=0.0).sqrt_()
 
 
+def matmul_nt(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``a @ b.T``; on the CPU through numpy's BLAS (OpenBLAS), which runs this float32 GEMM
+    15-25% faster than torch's MKL on the AMD CPUs we measured."""
+    if a.device.type != "cpu":
+        return torch.matmul(a, b.T, out=out)
+    if out is None:
+        out = torch.empty((a.shape[0], b.shape[0]), dtype=torch.float32)
+    np.matmul(a.contiguous().numpy(), b.contiguous().numpy().T, out=out.numpy())
+    return out
+
+
 def gallery_norm(g: torch.Tensor, metric: Metric) -> torch.Tensor | None:
     """The per-row gallery quantity :func:`distance_block` needs (None for a callable)."""
     if callable(metric):
@@ -97,8 +108,8 @@ def pairwise_distance(
             target = out_view[start : start + q_chunk.shape[0]]
             if metric == "euclidean" and q.device.type == "cpu":
                 # Same arithmetic as distance_block, written straight into the result.
-                torch.addmm(g_norm[None, :], q_chunk, g.T, beta=1.0, alpha=-2.0, out=target)
-                target.add_((q_chunk * q_chunk).sum(dim=1)[:, None]).clamp_(min=0.0).sqrt_()
+                matmul_nt(q_chunk, g, out=target)
+                target.mul_(-2.0).add_((q_chunk * q_chunk).sum(dim=1)[:, None]).add_(g_norm[None, :]).clamp_(min=0.0).sqrt_()
             else:
                 target.copy_(distance_block(q_chunk, g, metric, g_norm))
     return out

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.distance import Metric, as_features, check_metric, distance_block, gallery_norm
+from harness.distance import Metric, as_features, check_metric, distance_block, gallery_norm, matmul_nt
 
 # Rows of the distance matrix per block in the neighbour pass; memory is block x N float32.
 _ROW_BLOCK = 512
@@ -238,7 +238,7 @@ def _neighbours_symmetric(source, n: int, num_q: int, k1: int, out: torch.Tensor
     feats, metric, norm = source.feats, source.metric, source.norm
     for start in range(0, n, _ROW_BLOCK):
         stop = min(start + _ROW_BLOCK, n)
-        d = distance_block(feats[start:stop], feats[start:], metric, norm[start:]).square_()
+        d = _squared_block(feats[start:stop], feats[start:], metric, norm[start:])
         _merge_nearest(near, near_sq, row_max, start, d, start)
         if stop < n:
             later = d[:, stop - start :].T
@@ -251,6 +251,13 @@ def _neighbours_symmetric(source, n: int, num_q: int, k1: int, out: torch.Tensor
         e = min(s + 4096, num_q)
         out[s:e] /= row_max[s:e, None].cpu()
     return near, near_sq, row_max
+
+
+def _squared_block(a: torch.Tensor, b: torch.Tensor, metric: str, b_norm: torch.Tensor) -> torch.Tensor:
+    """Squared distances; for euclidean straight from one GEMM (no sqrt-then-square)."""
+    if metric != "euclidean":
+        return distance_block(a, b, metric, b_norm).square_()
+    return matmul_nt(a, b).mul_(-2.0).add_((a * a).sum(dim=1)[:, None]).add_(b_norm[None, :]).clamp_(min=0.0)
 
 
 def _merge_nearest(near, near_sq, row_max, row0: int, d: torch.Tensor, col0: int) -> None:

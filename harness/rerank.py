@@ -239,11 +239,17 @@ def _neighbours_symmetric(source, n: int, num_q: int, k1: int, out: torch.Tensor
     for start in range(0, n, _ROW_BLOCK):
         stop = min(start + _ROW_BLOCK, n)
         d = _squared_block(feats[start:stop], feats[start:], metric, norm[start:])
-        _merge_nearest(near, near_sq, row_max, start, d, start)
-        if stop < n:
-            later = d[:, stop - start :].T
-            for s in range(0, later.shape[0], 8192):
-                _merge_nearest(near, near_sq, row_max, stop + s, later[s : s + 8192], start)
+        k = min(near.shape[1], d.shape[1])
+        vals, idx = torch.topk(d, k, dim=1, largest=False, sorted=False)
+        _merge_nearest(near, near_sq, slice(start, stop), vals, idx + start)
+        row_max[start:stop] = torch.maximum(row_max[start:stop], d.max(dim=1).values)
+        if stop < n:  # the block's distances to later items, seen from those items (columns)
+            later = d[:, stop - start :]
+            for s in range(0, later.shape[1], 8192):
+                part = later[:, s : s + 8192]
+                vals, idx = torch.topk(part, min(near.shape[1], part.shape[0]), dim=0, largest=False, sorted=False)
+                _merge_nearest(near, near_sq, slice(stop + s, stop + s + part.shape[1]), vals.T, idx.T + start)
+            row_max[stop:] = torch.maximum(row_max[stop:], later.max(dim=0).values)
         if start < num_q:  # query rows: their gallery columns are all >= start
             q_stop, g0 = min(stop, num_q), max(start, num_q)
             out[start:q_stop, g0 - num_q :] = d[: q_stop - start, g0 - start :].cpu()
@@ -260,15 +266,10 @@ def _squared_block(a: torch.Tensor, b: torch.Tensor, metric: str, b_norm: torch.
     return matmul_nt(a, b).mul_(-2.0).add_((a * a).sum(dim=1)[:, None]).add_(b_norm[None, :]).clamp_(min=0.0)
 
 
-def _merge_nearest(near, near_sq, row_max, row0: int, d: torch.Tensor, col0: int) -> None:
-    """Fold distances ``d`` of rows ``row0...`` to columns ``col0...`` into the running lists."""
-    rows = slice(row0, row0 + d.shape[0])
-    cols = torch.arange(col0, col0 + d.shape[1], device=d.device).expand(d.shape[0], -1)
-    vals = torch.cat([near_sq[rows], d], dim=1)
-    idx = torch.cat([near[rows], cols], dim=1)
-    best, pos = torch.topk(vals, near.shape[1], dim=1, largest=False, sorted=True)
-    near_sq[rows], near[rows] = best, idx.gather(1, pos)
-    row_max[rows] = torch.maximum(row_max[rows], d.max(dim=1).values)
+def _merge_nearest(near, near_sq, rows: slice, vals: torch.Tensor, idx: torch.Tensor) -> None:
+    """Fold candidate neighbours (values ``vals``, item indices ``idx``) into rows' running lists."""
+    best, pos = torch.topk(torch.cat([near_sq[rows], vals], dim=1), near.shape[1], dim=1, largest=False, sorted=True)
+    near_sq[rows], near[rows] = best, torch.cat([near[rows], idx], dim=1).gather(1, pos)
 
 
 def _pair_squares(source, rows, cols, near, near_sq) -> torch.Tensor:

@@ -26,6 +26,7 @@ from harness.dist import DistEnv, gather_shards, init_distributed, shutdown
 from harness.errors import UserError
 from harness.evaluate import evaluate, pairwise_distance
 from harness.profile import GpuSampler, gather_gpu_figures, peak_memory, reset_peak_memory, training_row
+from harness.rerank import rerank_features
 from harness.spec import Cell, DatasetConfig, Resources, SyntheticConfig, TrainConfig
 from harness.store import SCHEMA_VERSION, Store
 from harness.train import (NonFiniteLoss, TrainResult, build_optimizer, build_scheduler, extract_features,
@@ -37,7 +38,7 @@ _TIMING_WARMUP = 10  # training steps left out of the profile row's throughput (
 
 def expected_rows(cell: Cell) -> list[tuple[str, bool]]:
     """The (test dataset, re-ranked) rows a finished cell has in the store."""
-    return [(test, False) for test in cell.test_datasets]
+    return [(test, rerank) for test in cell.test_datasets for rerank in (False, True)]
 
 
 def is_done(store: Store, cell: Cell) -> bool:
@@ -148,13 +149,12 @@ def _run(cell: Cell, resources: Resources, store: Store, env: DistEnv, executor:
     log(f"trained {result.iterations} steps in {result.seconds:.1f} s ({precision})")
     gpu, peak = gather_gpu_figures(gpu_sampler.figures(since=result.measured_from), peak_memory(env.device))
 
-    for test_name, _ in expected_rows(cell):
+    for test_name in cell.test_datasets:
         test_root = dataset_root(cell.dataset(test_name), cell.synthetic)
         test_set = train_set if test_name == cell.train_dataset else data.load_dataset(test_name, test_root)
-        metrics, seconds = _evaluate(model, test_set, config, env, test_name, test_root)
-        if env.is_main:
-            log(f"{test_name}: rank-1 {metrics['rank1']:.1%} mAP {metrics['mAP']:.1%} ({seconds:.1f} s)")
-            store.write_row(_result_row(cell, resources, test_set, metrics, result, seconds, env, executor, started))
+        for rerank, (metrics, seconds) in _evaluate(model, test_set, config, env, test_name, test_root).items():
+            log(f"{test_name}{' +RR' if rerank else ''}: rank-1 {metrics['rank1']:.1%} mAP {metrics['mAP']:.1%} ({seconds:.1f} s)")
+            store.write_row(_result_row(cell, resources, test_set, metrics, rerank, result, seconds, env, executor, started))
     if env.is_main:
         store.write_profile(training_row(cell, result, gpu, peak, precision=precision, device=env.device,
                                          world_size=env.world_size, executor=executor, started=started))
@@ -162,7 +162,7 @@ def _run(cell: Cell, resources: Resources, store: Store, env: DistEnv, executor:
         sink.clear()
 
 
-def _result_row(cell: Cell, resources: Resources, test_set: data.ReidData, metrics: dict, result: TrainResult,
+def _result_row(cell: Cell, resources: Resources, test_set: data.ReidData, metrics: dict, rerank: bool, result: TrainResult,
                 eval_seconds: float, env: DistEnv, executor: str, started) -> dict:
     """One store row (see results/README.md): identity, metrics, figures, provenance."""
     sha, dirty = provenance.git_state()
@@ -177,7 +177,7 @@ def _result_row(cell: Cell, resources: Resources, test_set: data.ReidData, metri
         "test_dataset": test_set.name,
         "synthetic": cell.dataset(test_set.name).synthetic,
         "seed": cell.seed,
-        "rerank": False,
+        "rerank": rerank,
         "protocol": data.protocol(test_set.name),
         **{k: metrics[k] for k in ("mAP", "mINP", "rank1", "rank5", "rank10", "num_valid_queries")},
         "cmc": metrics["cmc"].tolist(),
@@ -205,8 +205,14 @@ def _scheduler_ids() -> dict[str, str]:
 
 
 def _evaluate(model: torch.nn.Module, test_set: data.ReidData, config: TrainConfig, env: DistEnv, name: str,
-              root: Path) -> tuple[dict, float]:
-    """Query and gallery features extracted in shards over ranks, then metrics on rank 0."""
+              root: Path) -> dict[bool, tuple[dict, float]]:
+    """Query and gallery features extracted in shards over ranks, then on rank 0 the metrics
+    of the plain and of the k-reciprocal re-ranked distances: {rerank: (metrics, seconds)}.
+
+    A model may bring its own batched distance as ``model.distance(query, gallery)``
+    (see harness.distance); otherwise the Euclidean distance is used. Each row's seconds
+    count feature extraction plus its own distances and metrics.
+    """
     start = time.perf_counter()
     transform = test_transform(config.input_size, heatmap_stride=_feature_stride(config))
     features = []
@@ -217,17 +223,19 @@ def _evaluate(model: torch.nn.Module, test_set: data.ReidData, config: TrainConf
             cues=model.test_cues, cue_root=root,
         )
         features.append(gather_shards(extract_features(model, loader, env.device), len(samples)))
-    metrics = {}
-    if env.is_main:
-        distmat = pairwise_distance(features[0], features[1])
-        ids = lambda samples, key: np.asarray([getattr(s, key) for s in samples])  # noqa: E731
-        metrics = evaluate(
-            distmat,
-            ids(test_set.query, "pid"), ids(test_set.gallery, "pid"),
-            ids(test_set.query, "camid"), ids(test_set.gallery, "camid"),
-            protocol=data.protocol(name),
-        )
-    return metrics, time.perf_counter() - start
+    if not env.is_main:
+        return {}
+    extracted = time.perf_counter() - start
+    metric = getattr(model, "distance", "euclidean")
+    ids = lambda samples, key: np.asarray([getattr(s, key) for s in samples])  # noqa: E731
+    labels = (ids(test_set.query, "pid"), ids(test_set.gallery, "pid"), ids(test_set.query, "camid"), ids(test_set.gallery, "camid"))
+    results = {}
+    for rerank, distances in ((False, pairwise_distance), (True, rerank_features)):
+        begin = time.perf_counter()
+        distmat = distances(*(f.to(env.device) for f in features), metric=metric)
+        metrics = evaluate(distmat, *labels, protocol=data.protocol(name))
+        results[rerank] = (metrics, extracted + time.perf_counter() - begin)
+    return results
 
 
 def _feature_stride(config: TrainConfig) -> int:

@@ -1,14 +1,15 @@
-"""Distance computation and re-identification metrics (CMC, mAP, mINP).
+"""Re-identification metrics (CMC, mAP, mINP) under each dataset's protocol.
 
-Two entry points:
+:func:`evaluate` scores a ``(Nq, Ng)`` distance matrix (distances come from
+:func:`harness.distance.pairwise_distance`, re-exported here, or from
+:mod:`harness.rerank`).  Protocols, by name:
 
-* :func:`pairwise_distance` turns query/gallery feature tensors into a
-  ``(Nq, Ng)`` float32 distance matrix, chunked over query rows so that a
-  Market-1501-sized problem never needs more than one chunk of scratch memory
-  on the GPU beyond the result itself.
-* :func:`evaluate` scores a distance matrix under a dataset protocol.  Only
-  ``"market"`` exists today; further protocols are entries in
-  :func:`_protocol_evaluator`.
+* ``market`` -- Market-1501, DukeMTMC-reID, MSMT17, CUHK03 767/700: see below.
+* ``occluded`` -- Occluded-REID style: occluded queries against a full-body
+  gallery, junk removed but *no* same-camera removal (the query and gallery
+  sets are disjoint by construction, often shot by the same camera).
+* ``cuhk03-classic`` and ``cuhk01`` -- single-gallery-shot CMC over seeded
+  random gallery samplings: see :mod:`harness.single_shot`.
 
 The ``market`` protocol follows the public Market-1501 evaluation code
 (Zheng et al. 2015, and the widely copied ``eval_market1501`` port), with one
@@ -21,18 +22,22 @@ query row at Market scale), so we make the order deterministic instead.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import torch
 
-_METRICS = ("euclidean", "cosine")
+from harness.distance import pairwise_distance  # noqa: F401  (re-exported: part of this module's API)
 
 # Queries scored per vectorised block.  Scratch memory per block is about
 # 50 bytes x block x Ng (~200 MB for Market's 15913-item gallery); larger
 # blocks do not get faster because the work is already memory-bound.
 _QUERY_BLOCK = 256
+# Query blocks scored at once (each needs its own ~200 MB of scratch at Market size).
+_THREADS = min(4, os.cpu_count() or 1)
 
 # Pids that the Market-1501 protocol gives a meaning to in the gallery.
 _JUNK_PID = -1  # removed from the ranking ("junk" images)
@@ -40,78 +45,6 @@ _JUNK_PID = -1  # removed from the ranking ("junk" images)
 # pid, so they stay in the ranking as wrong matches.  Like the reference
 # code, matching is plain pid equality, so datasets whose loaders use 0 as a
 # real (0-based) identity still score correctly.
-
-
-# --------------------------------------------------------------------------
-# Distances
-# --------------------------------------------------------------------------
-
-
-def pairwise_distance(
-    query: torch.Tensor,
-    gallery: torch.Tensor,
-    *,
-    metric: str = "euclidean",
-    chunk_size: int = 4096,
-) -> np.ndarray:
-    """Return the ``(Nq, Ng)`` float32 distance matrix between two feature sets.
-
-    ``'euclidean'`` is the plain (not squared) L2 distance, computed as
-    ``sqrt(max(|q|^2 + |g|^2 - 2 q.g, 0))`` because one matrix product per
-    chunk is far cheaper than materialising differences; the clamp absorbs
-    the float32 cancellation that can make the expansion slightly negative
-    for (near-)identical vectors.  ``'cosine'`` is ``1 - cos(q, g)``; a
-    zero-norm vector is treated as having cosine similarity 0 with everything
-    (distance 1) rather than producing NaN.
-
-    Work happens in float32 on the tensors' device (so GPU features are
-    scored on the GPU), ``chunk_size`` query rows at a time, each chunk copied
-    straight into the preallocated numpy result: peak extra memory is one
-    ``(chunk_size, Ng)`` block plus per-row norms.  Inputs that are not
-    already float32 are cast once (a copy of the features, not of the
-    distance matrix).
-    """
-    if metric not in _METRICS:
-        raise ValueError(f"metric: unknown metric {metric!r}; valid metrics are {list(_METRICS)}")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size: must be a positive int, got {chunk_size!r}")
-    _check_features(query, "query")
-    _check_features(gallery, "gallery")
-    if query.shape[1] != gallery.shape[1]:
-        raise ValueError(
-            f"query/gallery: feature dimensions differ ({query.shape[1]} vs {gallery.shape[1]})"
-        )
-    if query.device != gallery.device:
-        raise ValueError(f"query/gallery: tensors are on different devices ({query.device} vs {gallery.device})")
-
-    with torch.no_grad():
-        q = query.detach().float()
-        g = gallery.detach().float()
-        g_norm = g.norm(dim=1) if metric == "cosine" else (g * g).sum(dim=1)
-        out = np.empty((q.shape[0], g.shape[0]), dtype=np.float32)
-        out_view = torch.from_numpy(out)  # shares memory: chunks are written in place
-        for start in range(0, q.shape[0], chunk_size):
-            q_chunk = q[start : start + chunk_size]
-            block = q_chunk @ g.T
-            if metric == "cosine":
-                q_norm = q_chunk.norm(dim=1)
-                denom = (q_norm[:, None] * g_norm[None, :]).clamp_(min=torch.finfo(torch.float32).tiny)
-                block.div_(denom).neg_().add_(1.0)
-            else:
-                q_sq = (q_chunk * q_chunk).sum(dim=1)
-                block.mul_(-2.0).add_(q_sq[:, None]).add_(g_norm[None, :]).clamp_(min=0.0).sqrt_()
-            out_view[start : start + q_chunk.shape[0]].copy_(block)
-    return out
-
-
-def _check_features(x: Any, name: str) -> None:
-    """Reject anything that is not a 2-D floating-point tensor, naming the argument."""
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-    if x.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D (N, D) tensor, got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise ValueError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
 
 
 # --------------------------------------------------------------------------
@@ -158,7 +91,14 @@ _Evaluator = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarra
 
 def _protocol_evaluator(protocol: str) -> _Evaluator:
     """Map a protocol name to its scoring function (add new protocols here)."""
-    evaluators: dict[str, _Evaluator] = {"market": _evaluate_market}
+    from harness.single_shot import evaluate_cuhk01, evaluate_cuhk03_classic
+
+    evaluators: dict[str, _Evaluator] = {
+        "market": _evaluate_market,
+        "occluded": _evaluate_occluded,
+        "cuhk03-classic": evaluate_cuhk03_classic,
+        "cuhk01": evaluate_cuhk01,
+    }
     if protocol not in evaluators:
         raise ValueError(f"protocol: unknown protocol {protocol!r}; valid protocols are {sorted(evaluators)}")
     return evaluators[protocol]
@@ -171,31 +111,34 @@ def _evaluate_market(
     q_camids: np.ndarray,
     g_camids: np.ndarray,
     max_rank: int,
+    *,
+    same_camera_removal: bool = True,
 ) -> dict:
     """Market-1501 protocol: drop junk and same-camera true matches, keep distractors.
 
     Works on blocks of queries so memory is bounded by ``_QUERY_BLOCK x Ng``
     regardless of the number of queries.
     """
-    num_q = dist.shape[0]
-    ap_parts: list[np.ndarray] = []
-    inp_parts: list[np.ndarray] = []
-    first_hit_parts: list[np.ndarray] = []
-    for start in range(0, num_q, _QUERY_BLOCK):
-        stop = min(start + _QUERY_BLOCK, num_q)
+    def score(start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        stop = min(start + _QUERY_BLOCK, dist.shape[0])
         order = _stable_argsort_rows(dist[start:stop])
         ranked_pids = g_pids[order]
-        ranked_cams = g_camids[order]
         same_pid = ranked_pids == q_pids[start:stop, None]
-        same_cam = ranked_cams == q_camids[start:stop, None]
-        keep = ~(same_pid & same_cam) & (ranked_pids != _JUNK_PID)
-        ap, inp, first_hit = _ranking_metrics(same_pid & keep, keep)
-        ap_parts.append(ap)
-        inp_parts.append(inp)
-        first_hit_parts.append(first_hit)
-    return _summarise(
-        np.concatenate(ap_parts), np.concatenate(inp_parts), np.concatenate(first_hit_parts), max_rank
-    )
+        keep = ranked_pids != _JUNK_PID
+        if same_camera_removal:
+            keep &= ~(same_pid & (g_camids[order] == q_camids[start:stop, None]))
+        return _ranking_metrics(same_pid & keep, keep)
+
+    # numpy releases the GIL in its sorts and array loops, so blocks run in parallel threads.
+    with ThreadPoolExecutor(max_workers=_THREADS) as pool:
+        parts = list(pool.map(score, range(0, dist.shape[0], _QUERY_BLOCK)))
+    ap, inp, first_hit = (np.concatenate(p) for p in zip(*parts))
+    return _summarise(ap, inp, first_hit, max_rank)
+
+
+def _evaluate_occluded(dist, q_pids, g_pids, q_camids, g_camids, max_rank: int) -> dict:
+    """Occluded-REID protocol: like ``market`` but a same-camera true match counts."""
+    return _evaluate_market(dist, q_pids, g_pids, q_camids, g_camids, max_rank, same_camera_removal=False)
 
 
 def _ranking_metrics(good: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -11,7 +11,10 @@ Every model follows one interface, so the engine never needs to know which metho
 - ``model.embedding_dim``: the size of the test-time embedding;
 - ``model(images, cues)``: in training mode a dict of what the method's losses need, in eval mode
   the embedding, an (N, embedding_dim) tensor;
-- ``model.losses(outputs, pids)``: a dict of weighted loss terms whose sum is the training loss.
+- ``model.losses(outputs, pids)``: a dict of weighted loss terms whose sum is the training loss;
+- optionally ``model.distance(query, gallery)``: the method's own batched distance between blocks of
+  test-time outputs (query rows x gallery rows, float32), used instead of the Euclidean distance for
+  plain and re-ranked evaluation (see harness/distance.py).
 """
 
 from __future__ import annotations

@@ -386,3 +386,37 @@ def test_unknown_metric_lists_valid_ones() -> None:
 def test_pairwise_bad_inputs(query, gallery, kwargs, name: str) -> None:
     with pytest.raises(ValueError, match=name):
         pairwise_distance(query, gallery, **kwargs)
+
+
+def test_method_distance_hook_is_used_blockwise() -> None:
+    # A method's own batched distance (here Manhattan) replaces the built-in metric;
+    # it is called once per query block with the whole gallery.
+    q, g = _features(6)
+    calls = []
+
+    def manhattan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        calls.append((a.shape[0], b.shape[0]))
+        return torch.cdist(a, b, p=1)
+
+    d = pairwise_distance(q, g, metric=manhattan, chunk_size=8)
+    assert d.dtype == np.float32 and calls == [(8, 50), (8, 50), (8, 50), (6, 50)]
+    np.testing.assert_allclose(d, torch.cdist(q, g, p=1).numpy(), rtol=1e-6)
+
+
+def test_method_distance_hook_may_take_non_vector_features() -> None:
+    # e.g. spatial feature maps (N, C, H, W) compared by the method's own matching.
+    q, g = torch.randn(3, 4, 2, 2), torch.randn(5, 4, 2, 2)
+    d = pairwise_distance(q, g, metric=lambda a, b: torch.cdist(a.flatten(1), b.flatten(1)))
+    np.testing.assert_allclose(d, torch.cdist(q.flatten(1), g.flatten(1)).numpy(), rtol=1e-5)
+
+
+def test_method_distance_hook_with_wrong_shape_is_named() -> None:
+    q, g = _features(7)
+    with pytest.raises(ValueError, match="metric.*shape"):
+        pairwise_distance(q, g, metric=lambda a, b: a @ a.T)
+
+
+@pytest.mark.parametrize(("query", "gallery", "name"), [(torch.zeros(0, 8), torch.zeros(4, 8), "query"), (torch.zeros(3, 8), torch.zeros(0, 8), "gallery")])
+def test_pairwise_empty_inputs_are_named(query, gallery, name: str) -> None:
+    with pytest.raises(ValueError, match=f"{name}.*empty"):
+        pairwise_distance(query, gallery)

@@ -60,11 +60,12 @@ def smoke_runs(work):
     return root, env, runs
 
 
-def only_row(store: Store, spec: Path) -> dict:
+def only_row(store: Store, spec: Path, rerank: bool = False) -> dict:
+    """The cell's plain (or re-ranked) row; a one-test-dataset cell has exactly these two."""
     (cell,) = load_spec(spec).cells
     rows = [r for r in store.read().rows if r["cell_id"] == cell.id]
-    assert len(rows) == 1, rows
-    return rows[0]
+    assert sorted(r["rerank"] for r in rows) == [False, True], rows
+    return next(r for r in rows if r["rerank"] is rerank)
 
 
 def test_training_beats_an_untrained_model_by_far(smoke_runs):
@@ -90,6 +91,9 @@ def test_rows_carry_identity_metrics_and_provenance(smoke_runs):
     assert json.loads(row["config"])["cell"]["train"]["iterations"] == row["iterations"]
     assert row["cell_id"] in runs["trained"].stdout  # the results table is printed ...
     assert row["cell_id"] in (root / "reports" / "smoke.md").read_text()  # ... and written as Markdown
+    reranked = only_row(Store(root / "store"), root / "smoke.toml", rerank=True)
+    assert reranked["protocol"] == "market" and reranked["num_query"] == row["num_query"]
+    assert 0 <= reranked["mINP"] <= reranked["mAP"] <= 1 and reranked["mAP"] != row["mAP"]
 
 
 def test_second_run_skips_done_cells(smoke_runs):
@@ -124,11 +128,11 @@ def test_force_reruns_a_done_cell_and_replaces_its_row(work):
     store = Store(root / "forcestore")
     first = reidbench("run", "force.toml", "--store", "forcestore", env=env, cwd=root)
     assert first.returncode == 0, first.stdout + first.stderr
-    (before,) = store.read().rows
+    before = only_row(store, spec)
     written = store.row_path(cell.id, "market1501", False).stat().st_mtime_ns
     again = reidbench("run", "force.toml", "--store", "forcestore", "--force", env=env, cwd=root)
     assert again.returncode == 0 and "Running 1 of 1 cell(s)" in again.stdout, again.stdout + again.stderr
-    (after,) = store.read().rows  # replaced, not duplicated
+    after = only_row(store, spec)  # replaced, not duplicated
     assert after["cell_id"] == before["cell_id"] == cell.id
     assert after["started_at"] >= before["finished_at"]
     assert store.row_path(cell.id, "market1501", False).stat().st_mtime_ns > written

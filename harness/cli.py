@@ -311,7 +311,7 @@ def _cancel(args: argparse.Namespace) -> int:
     targets = [s for s in statuses(cells, store) if s.active and s.job_id]
     cancel([s.job_id for s in targets])
     for s in targets:
-        manifest.update(store, s.cell.id, state="cancelled")
+        manifest.update(store, s.cell.id, state="cancelled", cancelled=True)
         print(f"cancelled cell {s.cell.id} (job {s.job_id})")
     print(f"{len(targets)} job(s) cancelled." if targets else "No queued or running job to cancel.")
     return 0

@@ -72,11 +72,14 @@ def _slurm_status(cell: Cell, store: Store, record: dict, scheduler: dict[str, t
         if state in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "CONFIGURING"):
             return status("pending", reason if reason not in ("None", "") else "")
         return status("running", record.get("stdout", ""))
+    # `cancelled` is set by `reidbench cancel` alone: a cancelled job's dying tasks may still record a failure.
+    if record.get("cancelled") or record.get("state") == "cancelled":
+        return status("cancelled", "reidbench cancel")
     if record.get("state") == "failed":
         return status("failed", record.get("reason", ""))
     ended = queued[0] if queued else (slurm.job_ending(job_id) if job_id and slurm.available() else None)
-    if ended == "CANCELLED" or record.get("state") == "cancelled":
-        return status("cancelled", "reidbench cancel or scancel")
+    if ended == "CANCELLED":
+        return status("cancelled", "scancel")
     if ended and slurm.ending_reason(ended):
         return status("failed", f"{slurm.ending_reason(ended)} (SLURM job state {ended}); log: {record.get('stdout', '')}")
     log = record.get("stdout", "")

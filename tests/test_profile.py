@@ -110,7 +110,7 @@ def test_profile_reads_the_spec_and_refuses_bad_flags(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_training_cell_writes_its_profile_row(tmp_path):
-    """A tiny cell, 2 DDP processes, the training set on the device: one result row and one profile row."""
+    """A tiny cell, 2 DDP processes, the training set on the device: its result rows and one profile row."""
     import os
     import subprocess
     import sys
@@ -128,7 +128,8 @@ def test_a_training_cell_writes_its_profile_row(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     (cell,) = load_spec(spec).cells
     contents = Store(tmp_path / "store").read()
-    (result,) = contents.rows
+    assert sorted(r["rerank"] for r in contents.rows) == [False, True]  # plain and re-ranked
+    result = contents.rows[0]
     (profile,) = contents.profiles
     assert result["cell_id"] == profile["cell_id"] == cell.id and profile["source"] == "training"
     assert (profile["world_size"], profile["batch_size"], profile["train_steps"], profile["warmup_steps"]) == (2, 16, 6, 6)

@@ -62,8 +62,10 @@ def gather_shards(shard: torch.Tensor, total: int) -> torch.Tensor:
         return shard
     world_size = dist.get_world_size()
     per_rank = -(-total // world_size)
-    padded = shard.new_zeros((per_rank, *shard.shape[1:]))
+    # NCCL gathers only GPU tensors: the shards travel on this rank's device, and come back where they were.
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else shard.device
+    padded = shard.new_zeros((per_rank, *shard.shape[1:]), device=device)
     padded[: len(shard)] = shard
     parts = [torch.empty_like(padded) for _ in range(world_size)]
     dist.all_gather(parts, padded)
-    return torch.cat(parts)[:total]
+    return torch.cat(parts)[:total].to(shard.device)

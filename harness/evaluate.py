@@ -119,6 +119,8 @@ def _evaluate_market(
     Works on blocks of queries so memory is bounded by ``_QUERY_BLOCK x Ng``
     regardless of the number of queries.
     """
+    g_pids, g_camids = _narrow(g_pids), _narrow(g_camids)  # half the memory traffic of the gathers below
+
     def score(start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         stop = min(start + _QUERY_BLOCK, dist.shape[0])
         order = _stable_argsort_rows(dist[start:stop])
@@ -141,6 +143,13 @@ def _evaluate_occluded(dist, q_pids, g_pids, q_camids, g_camids, max_rank: int) 
     return _evaluate_market(dist, q_pids, g_pids, q_camids, g_camids, max_rank, same_camera_removal=False)
 
 
+def _narrow(labels: np.ndarray) -> np.ndarray:
+    """int32 labels when every value fits (comparisons give the same answers), else unchanged."""
+    info = np.iinfo(np.int32)
+    fits = labels.size == 0 or (labels.min() >= info.min and labels.max() <= info.max)
+    return labels.astype(np.int32) if fits else labels
+
+
 def _ranking_metrics(good: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-query AP, INP and 0-based rank of the first hit for one block.
 
@@ -150,8 +159,8 @@ def _ranking_metrics(good: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np
     is ever physically deleted.  Queries without a true match get NaN AP/INP
     and first-hit rank -1; :func:`_summarise` filters them out.
     """
-    position = np.cumsum(keep, axis=1, dtype=np.int64)  # 1-based rank among kept items
-    hits = np.cumsum(good, axis=1, dtype=np.int64)  # true matches seen so far
+    position = np.cumsum(keep, axis=1, dtype=np.int32)  # 1-based rank among kept items (Ng < 2**31)
+    hits = np.cumsum(good, axis=1, dtype=np.int32)  # true matches seen so far
     num_rel = hits[:, -1]
     rows, cols = np.nonzero(good)
     precision = hits[rows, cols] / position[rows, cols]  # float64 precision at each hit

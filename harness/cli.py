@@ -335,7 +335,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _profile(args: argparse.Namespace) -> int:
-    from harness.profile import profile_targets, run_profile, throughput_table
+    from harness.profile import profile_targets, run_profile
+    from harness.report.extras import throughput_table
     from harness.store import Store
 
     if args.steps < 1 or args.warmup < 0:
@@ -349,7 +350,10 @@ def _profile(args: argparse.Namespace) -> int:
     for row in rows:
         store.write_profile(row)
     if rows:
-        print(throughput_table(rows))
+        table = throughput_table(rows)  # the report's throughput table, so both show the same columns
+        print(tabulate(table.rows, headers=table.headers, tablefmt="github", disable_numparse=True))
+        for note in sorted({r["gpu_note"] for r in rows if r["gpu_note"]}):
+            print(f"GPU columns empty: {note}")
         print(f"\nWrote {len(rows)} profile row(s) to {store.root / 'profiles'}/")
     return 0
 

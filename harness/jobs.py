@@ -67,13 +67,17 @@ def _slurm_status(cell: Cell, store: Store, record: dict, scheduler: dict[str, t
     job_id, attempts = record.get("job_id"), record.get("attempts", 0)
     status = lambda state, detail="": CellStatus(cell, state, detail, attempts, job_id)  # noqa: E731
     queued = scheduler.get(job_id)
+    # `cancelled` is set by `reidbench cancel` alone: the job may take a while to end (its tasks get
+    # SIGTERM, then SIGKILL after KillWait), and its dying tasks may still record a failure.
+    if record.get("cancelled"):
+        ending = " (its job is still ending)" if queued and queued[0] in slurm.ACTIVE else ""
+        return status("cancelled", "reidbench cancel" + ending)
     if queued and queued[0] in slurm.ACTIVE:
         state, reason = queued
         if state in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "CONFIGURING"):
             return status("pending", reason if reason not in ("None", "") else "")
         return status("running", record.get("stdout", ""))
-    # `cancelled` is set by `reidbench cancel` alone: a cancelled job's dying tasks may still record a failure.
-    if record.get("cancelled") or record.get("state") == "cancelled":
+    if record.get("state") == "cancelled":
         return status("cancelled", "reidbench cancel")
     if record.get("state") == "failed":
         return status("failed", record.get("reason", ""))

@@ -436,24 +436,3 @@ def run_profile(
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return rows
-
-
-def throughput_table(rows: Sequence[dict[str, Any]], *, fmt: str = "github") -> str:
-    """Profile rows as a table: throughput, peak memory and GPU use per method and device."""
-    from tabulate import tabulate
-
-    def number(value: float | None, pattern: str = "{:.1f}") -> str:
-        return "-" if value is None else pattern.format(value)
-
-    ordered = sorted(rows, key=lambda r: (r["method"], r["variant"], r["backbone"], r["device"], r["source"], r["cell_id"] or ""))
-    body = [
-        [r["method"], r["variant"], r["backbone"], r["source"], r["device"], r["precision"],
-         f"{r['input_height']}x{r['input_width']}", r["batch_size"], r["world_size"],
-         number(r["train_images_per_second"]), number(r["infer_images_per_second"]),
-         number(r["peak_memory_bytes"] / 2**30 if r["peak_memory_bytes"] is not None else None, "{:.2f}"),
-         number(r["sm_utilization"], "{:.0f}"), number(r["power_watts"], "{:.0f}"), r["gpu_note"] or ""]
-        for r in ordered
-    ]
-    headers = ["method", "variant", "backbone", "source", "device", "precision", "input", "batch", "procs",
-               "train img/s", "infer img/s", "peak GiB", "SM %", "W", "note"]
-    return tabulate(body, headers=headers, tablefmt=fmt, disable_numparse=True)

@@ -21,9 +21,19 @@ class MissingWeights(RuntimeError):
 
 
 class Backbone(nn.Module):
-    """A feature extractor: ``forward(x)`` is the last feature map, ``out_channels`` its width."""
+    """A feature extractor: ``forward(x)`` is the last feature map, ``out_channels`` its width.
+
+    ``forward_with_tap(x)`` returns ``(final map, tap)``: the tap is the named intermediate layer
+    that SSP-ReID joins cue maps to (``tap_name``, ``tap_channels`` wide); for the ResNets it is
+    Res5C, the last block, so the tap is the final map itself.
+    """
 
     out_channels: int
+    tap_channels: int
+    tap_name: str
+
+    def forward_with_tap(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
 
 
 _BACKBONES: dict[str, Callable[..., Backbone]] = {}
@@ -57,10 +67,15 @@ class _TorchvisionResNet(Backbone):
         strided.stride = block.downsample[0].stride = (last_stride, last_stride)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
-        self.out_channels = net.fc.in_features
+        self.out_channels = self.tap_channels = net.fc.in_features
+        self.tap_name = "res5c"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+
+    def forward_with_tap(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        final = self(x)
+        return final, final
 
 
 _IMAGENET_WEIGHTS: dict[str, torchvision.models.WeightsEnum] = {

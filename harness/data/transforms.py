@@ -172,3 +172,21 @@ def heatmaps(keypoints: torch.Tensor, size: tuple[int, int], stride: int, sigma:
     xs = (torch.arange(w, dtype=torch.float32) + 0.5)[None]
     x, y, score = (keypoints[:, i, None, None] for i in range(3))
     return score.clamp(0, 1) * torch.exp(-((xs - x / stride) ** 2 + (ys - y / stride) ** 2) / (2 * sigma**2))
+
+
+def random_cues(names, batch_size: int, size: tuple[int, int], *, heatmap_stride: int = 16,
+                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """A batch of random cue tensors in the formats of the table above, for model tests and profiling:
+    the shapes, ranges and normalisation of real cues, none of their structure."""
+    h, w = size
+    makers = {
+        "saliency": lambda: torch.rand(batch_size, 1, h, w, generator=generator),
+        "mask": lambda: torch.rand(batch_size, 1, h, w, generator=generator),
+        "parsing": lambda: _l1(torch.rand(batch_size * 5, h, w, generator=generator)).view(batch_size, 5, h, w),
+        "densepose": lambda: torch.randn(batch_size, 24, 3, DSAP_SIZE, DSAP_SIZE, generator=generator),
+        "pose": lambda: torch.rand(batch_size, 13, h // heatmap_stride, w // heatmap_stride, generator=generator),
+    }
+    unknown = [n for n in names if n not in makers]
+    if unknown:
+        raise KeyError(f"unknown cue(s) {', '.join(unknown)}; known: {', '.join(makers)}")
+    return {n: makers[n]() for n in names}

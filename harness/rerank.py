@@ -7,7 +7,8 @@ queries for the Jaccard distance: about 9 GB at Market-1501 size and ~200 GB at
 MSMT17 size.  The same quantities are computed here with bounded memory:
 
 * one pass over row blocks of the distance matrix keeps only each row's maximum
-  and its ``k1 + 1`` nearest neighbours (``torch.topk``, not a full argsort);
+  and its nearest neighbours (running lists: a pair enters a list only if it beats
+  the list's current last entry; no argsort of N x N);
 * k-reciprocal sets, their expansion and the Gaussian-kernel weights are built
   from those lists, so ``V`` is a sparse matrix with ``O(N k1)`` entries;
 * local query expansion averages sparse rows; the Jaccard distance is accumulated
@@ -43,7 +44,7 @@ _KEEP = 3
 # Rows per block when recomputing the few distances the weights need from features.
 _PAIR_BLOCK = 32
 # Bound on (query, gallery) partial products held at once while accumulating Jaccard.
-_JACCARD_PAIRS = 1 << 23
+_JACCARD_PAIRS = 1 << 20  # small enough that the per-block index arrays stay in cache (2x faster than 1 << 23)
 
 
 def rerank(
@@ -228,8 +229,11 @@ def _neighbours_symmetric(source, n: int, num_q: int, k1: int, out: torch.Tensor
     """:func:`_neighbours` for a symmetric built-in metric at half the arithmetic.
 
     Row block ``[s, e)`` is scored only against items ``>= s``; the part against
-    later items also serves, transposed, as those items' distances to the block,
-    merged into their running nearest lists.  Every pair is computed once.
+    later items also serves, transposed, as those items' distances to the block.
+    Every pair is computed once.  After the first block every item's running list
+    is full, and a pair can only enter a list if it beats that list's current
+    last entry: the pairs below those thresholds (a few per item and block, as
+    the lists tighten) are merged in, instead of a top-k over every block.
     """
     keep = min(_KEEP * (k1 + 1), n)
     near = torch.full((n, keep), -1, dtype=torch.int64, device=device)
@@ -239,17 +243,24 @@ def _neighbours_symmetric(source, n: int, num_q: int, k1: int, out: torch.Tensor
     for start in range(0, n, _ROW_BLOCK):
         stop = min(start + _ROW_BLOCK, n)
         d = _squared_block(feats[start:stop], feats[start:], metric, norm[start:])
-        k = min(near.shape[1], d.shape[1])
-        vals, idx = torch.topk(d, k, dim=1, largest=False, sorted=False)
-        _merge_nearest(near, near_sq, slice(start, stop), vals, idx + start)
+        later = d[:, stop - start :]  # the block's distances to later items, seen from those items (columns)
         row_max[start:stop] = torch.maximum(row_max[start:stop], d.max(dim=1).values)
-        if stop < n:  # the block's distances to later items, seen from those items (columns)
-            later = d[:, stop - start :]
+        if stop < n:
+            row_max[stop:] = torch.maximum(row_max[stop:], later.max(dim=0).values)
+        if start == 0:  # empty lists: plain top-k of the rows and of the columns
+            k = min(keep, d.shape[1])
+            vals, idx = torch.topk(d, k, dim=1, largest=False, sorted=False)
+            _merge_nearest(near, near_sq, torch.arange(start, stop, device=device), vals, idx + start)
             for s in range(0, later.shape[1], 8192):
                 part = later[:, s : s + 8192]
-                vals, idx = torch.topk(part, min(near.shape[1], part.shape[0]), dim=0, largest=False, sorted=False)
-                _merge_nearest(near, near_sq, slice(stop + s, stop + s + part.shape[1]), vals.T, idx.T + start)
-            row_max[stop:] = torch.maximum(row_max[stop:], later.max(dim=0).values)
+                vals, idx = torch.topk(part, min(keep, part.shape[0]), dim=0, largest=False, sorted=False)
+                _merge_nearest(near, near_sq, torch.arange(stop + s, stop + s + part.shape[1], device=device), vals.T, idx.T + start)
+        else:
+            r_i, r_j = (d < near_sq[start:stop, -1:]).nonzero(as_tuple=True)
+            c_j, c_i = (later < near_sq[None, stop:, -1]).T.nonzero(as_tuple=True)
+            # Two merges: a few block rows with long candidate lists, many later items with short ones.
+            _merge_pairs(near, near_sq, r_i + start, r_j + start, d[r_i, r_j])
+            _merge_pairs(near, near_sq, c_j + stop, c_i + start, later[c_i, c_j])
         if start < num_q:  # query rows: their gallery columns are all >= start
             q_stop, g0 = min(stop, num_q), max(start, num_q)
             out[start:q_stop, g0 - num_q :] = d[: q_stop - start, g0 - start :].cpu()
@@ -266,10 +277,24 @@ def _squared_block(a: torch.Tensor, b: torch.Tensor, metric: str, b_norm: torch.
     return matmul_nt(a, b).mul_(-2.0).add_((a * a).sum(dim=1)[:, None]).add_(b_norm[None, :]).clamp_(min=0.0)
 
 
-def _merge_nearest(near, near_sq, rows: slice, vals: torch.Tensor, idx: torch.Tensor) -> None:
+def _merge_nearest(near, near_sq, rows: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor) -> None:
     """Fold candidate neighbours (values ``vals``, item indices ``idx``) into rows' running lists."""
     best, pos = torch.topk(torch.cat([near_sq[rows], vals], dim=1), near.shape[1], dim=1, largest=False, sorted=True)
     near_sq[rows], near[rows] = best, torch.cat([near[rows], idx], dim=1).gather(1, pos)
+
+
+def _merge_pairs(near, near_sq, target: torch.Tensor, cand: torch.Tensor, val: torch.Tensor) -> None:
+    """Fold (target item, candidate item, squared distance) triples, sorted by target, into the lists."""
+    if target.numel() == 0:
+        return
+    rows, counts = torch.unique_consecutive(target, return_counts=True)
+    slot = torch.repeat_interleave(torch.arange(rows.shape[0], device=target.device), counts)
+    pos = torch.arange(target.shape[0], device=target.device) - (torch.cumsum(counts, 0) - counts)[slot]
+    width = int(counts.max())
+    vals = torch.full((rows.shape[0], width), float("inf"), dtype=torch.float32, device=target.device)
+    idx = torch.full((rows.shape[0], width), -1, dtype=torch.int64, device=target.device)
+    vals[slot, pos], idx[slot, pos] = val, cand
+    _merge_nearest(near, near_sq, rows, vals, idx)
 
 
 def _pair_squares(source, rows, cols, near, near_sq) -> torch.Tensor:

@@ -8,10 +8,8 @@ device around the timed steps. A background thread samples NVML every 0.1 s: SM 
 utilisation, power and clocks per GPU. Without an NVIDIA GPU or without NVML the GPU columns are
 null and `gpu_note` says why; CPU throughput is still recorded.
 
-Cue maps: methods that declare `train_cues` need synthetic cue tensors. `CUE_MAKERS` maps a cue
-name to a function ``(batch_size, (height, width), generator) -> tensor``; the data issue that
-defines the cue formats registers them there, and `synthetic_cues` builds a batch's cues from it.
-Until the training loop carries cues, a method that needs them is skipped with a note.
+Cue maps: a method that declares cues is fed random cue tensors in their documented formats
+(`harness.data.transforms.random_cues`): its speed does not depend on their content.
 """
 
 from __future__ import annotations
@@ -31,6 +29,7 @@ import torch
 import torch.distributed as dist
 
 from harness import provenance
+from harness.data.transforms import random_cues
 from harness.errors import UserError, closest
 from harness.spec import TrainConfig
 from harness.store import SCHEMA_VERSION
@@ -38,7 +37,6 @@ from harness.train import TrainResult, autocast, build_optimizer, build_schedule
 
 SAMPLE_INTERVAL = 0.1  # seconds between NVML samples
 _FIGURES = ("sm_utilization", "memory_utilization", "power_watts", "sm_clock_mhz", "memory_clock_mhz")
-CUE_MAKERS: dict[str, Callable[[int, tuple[int, int], torch.Generator], torch.Tensor]] = {}
 
 
 # -- NVML sampling ----------------------------------------------------------------------------------
@@ -200,27 +198,24 @@ def gather_gpu_figures(figures: GpuFigures, peak: int | None) -> tuple[GpuFigure
 # -- synthetic inputs -------------------------------------------------------------------------------
 
 
-def synthetic_cues(names: Sequence[str], batch_size: int, size: tuple[int, int], generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """A batch of synthetic cue maps, from the makers registered in CUE_MAKERS."""
-    missing = [n for n in names if n not in CUE_MAKERS]
-    if missing:
-        raise UserError(f"no synthetic maker for the cue map(s) {', '.join(missing)}: register one in harness.profile.CUE_MAKERS.")
-    return {n: CUE_MAKERS[n](batch_size, size, generator) for n in names}
-
-
 def synthetic_batches(
     steps: int, *, ids_per_batch: int, images_per_id: int, size: tuple[int, int], num_classes: int,
-    device: torch.device, seed: int = 0, distinct: int = 4,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    device: torch.device, seed: int = 0, distinct: int = 4, cues: Sequence[str] = (), heatmap_stride: int = 16,
+) -> Iterator[tuple]:
     """`steps` P x K batches of random normalised images, cycling over `distinct` batches made up
-    front on `device`, so that making inputs costs nothing in the timed loop."""
+    front on `device`, so that making inputs costs nothing in the timed loop. With `cues`, each
+    batch also carries a dict of random cue tensors (the training loop's fourth element)."""
     generator = torch.Generator().manual_seed(seed)
     made = []
     for _ in range(min(distinct, steps)):
         images = torch.randn((ids_per_batch * images_per_id, 3, *size), generator=generator)
         ids = torch.randperm(num_classes, generator=generator)[:ids_per_batch]
         pids = ids.repeat_interleave(images_per_id)
-        made.append((images.to(device), pids.to(device), torch.zeros_like(pids).to(device)))
+        batch = (images.to(device), pids.to(device), torch.zeros_like(pids).to(device))
+        if cues:
+            maps = random_cues(cues, len(images), size, heatmap_stride=heatmap_stride, generator=generator)
+            batch += ({name: value.to(device) for name, value in maps.items()},)
+        made.append(batch)
     for step in range(steps):
         yield made[step % len(made)]
 
@@ -251,17 +246,17 @@ def measure(
     run = torch.compile(model) if config.compile else model
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, steps_per_epoch=max(1, warmup + steps))
-    shape = {"ids_per_batch": config.ids_per_batch, "images_per_id": config.images_per_id,
-             "size": config.input_size, "num_classes": num_classes, "device": device, "seed": seed}
+    shape = {"ids_per_batch": config.ids_per_batch, "images_per_id": config.images_per_id, "size": config.input_size,
+             "num_classes": num_classes, "device": device, "seed": seed, "heatmap_stride": 16 if config.last_stride == 1 else 32}
     reset_peak_memory(device)
     with GpuSampler([device]) as sampler:
         result = train(
-            run, model.losses, synthetic_batches(warmup + steps, **shape), optimizer, scheduler,
+            run, model.losses, synthetic_batches(warmup + steps, cues=model.train_cues, **shape), optimizer, scheduler,
             device=device, precision=precision, channels_last=config.channels_last,
             check_every=config.check_every, warmup_steps=warmup, log_every=max(1, warmup + steps), log=lambda m: None,
         )
         trained_until = time.perf_counter()
-        infer = _infer(run, synthetic_batches(warmup + steps, **shape), device=device, precision=precision,
+        infer = _infer(run, synthetic_batches(warmup + steps, cues=model.test_cues, **shape), device=device, precision=precision,
                        channels_last=config.channels_last, warmup=warmup)
     gpu = sampler.figures(since=result.measured_from, until=trained_until)
     options = {"channels_last": config.channels_last, "compile": config.compile}
@@ -272,14 +267,14 @@ def measure(
 def _infer(model: torch.nn.Module, batches, *, device: torch.device, precision: str, channels_last: bool, warmup: int) -> float | None:
     model.eval()
     images, start = 0, None
-    for step, (inputs, _, _) in enumerate(batches):
+    for step, (inputs, _, _, *cues) in enumerate(batches):
         if step == warmup:
             synchronize(device)
             start, images = time.perf_counter(), 0
         if channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         with autocast(precision, device):
-            model(inputs)
+            model(inputs, *cues)
         images += len(inputs)
     synchronize(device)
     model.train()
@@ -420,10 +415,6 @@ def run_profile(
         model = create_model(method, variant=variant, backbone=backbone, num_classes=num_classes, pretrained=False,
                              last_stride=config.last_stride, label_smoothing=config.label_smoothing,
                              triplet_margin=config.triplet_margin)
-        if model.train_cues and not all(c in CUE_MAKERS for c in model.train_cues):
-            log(f"skipped {method}:{variant} on {backbone}: it needs cue maps ({', '.join(model.train_cues)}) "
-                f"that have no synthetic maker in harness.profile.CUE_MAKERS yet")
-            continue
         log(f"profiling {method}:{variant} on {backbone}: {warmup} + {steps} training and inference steps of "
             f"{config.ids_per_batch}x{config.images_per_id} images at {config.input_size[0]}x{config.input_size[1]} on {device}")
         measured = measure(model, config, device=device, steps=steps, warmup=warmup, num_classes=num_classes)

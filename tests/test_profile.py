@@ -138,3 +138,14 @@ def test_a_training_cell_writes_its_profile_row(tmp_path):
     assert profile["train_images_per_second"] > 0 and profile["infer_images_per_second"] is None
     assert json.loads(profile["options"]) == {"channels_last": True, "compile": False, "data_on_device": True}
     assert profile["precision"] == "fp32" and "no NVIDIA GPU" in profile["gpu_note"]
+
+
+def test_synthetic_batches_carry_the_cues_a_method_declares():
+    from harness.profile import synthetic_batches
+
+    plain, with_cues = (next(synthetic_batches(1, ids_per_batch=2, images_per_id=2, size=(64, 32), num_classes=5,
+                                               device=torch.device("cpu"), cues=cues)) for cues in ((), ("pose", "mask")))
+    assert len(plain) == 3
+    images, _, _, cues = with_cues
+    assert set(cues) == {"pose", "mask"}
+    assert cues["pose"].shape == (4, 13, 4, 2) and cues["mask"].shape == (4, 1, 64, 32)

@@ -204,8 +204,13 @@ _GRID_KEYS = ("name", "methods", "backbones", "train_datasets", "test_datasets",
 _TOP_TABLES = ("grid", "train", "resources", "synthetic", "datasets", "slurm", "ray")
 
 
-def load_spec(path: str | Path) -> Spec:
-    """Parse and validate a spec file; every problem is a UserError naming the file and line."""
+def load_spec(path: str | Path, *, _including: tuple[Path, ...] = ()) -> Spec:
+    """Parse and validate a spec file; every problem is a UserError naming the file and line.
+
+    A spec may instead list other specs, ``include = ["a.toml", "b.toml"]`` (paths relative to it):
+    its cells are theirs, each keeping its own grid name and recipe, a cell listed twice counted
+    once; the including file's [resources], [slurm] and [ray] apply to all of them.
+    """
     path = Path(path)
     try:
         text = path.read_text()
@@ -215,14 +220,16 @@ def load_spec(path: str | Path) -> Spec:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"{path} is not valid TOML: {err}.") from None
-    return _SpecParser(path, text, raw).parse()
+    return _SpecParser(path, text, raw, (*_including, path.resolve())).parse()
 
 
 class _SpecParser:
-    def __init__(self, path: Path, text: str, raw: dict[str, Any]):
-        self.path, self.lines, self.raw = path, text.splitlines(), raw
+    def __init__(self, path: Path, text: str, raw: dict[str, Any], including: tuple[Path, ...] = ()):
+        self.path, self.lines, self.raw, self.including = path, text.splitlines(), raw, including
 
     def parse(self) -> Spec:
+        if "include" in self.raw:
+            return self._parse_include()
         self._check_keys(self.raw, _TOP_TABLES, table="")
         for name in _TOP_TABLES:
             if name in self.raw and not isinstance(self.raw[name], dict):
@@ -283,6 +290,28 @@ class _SpecParser:
             seen[cell.id] = cell
         slurm, ray = self._dataclass(SlurmConfig, "slurm"), self._dataclass(RayConfig, "ray")
         return Spec(path=self.path, name=name, cells=tuple(cells), resources=resources, slurm=slurm, ray=ray)
+
+    def _parse_include(self) -> Spec:
+        self._check_keys(self.raw, ("include", "grid", "resources", "slurm", "ray"), table="")
+        files = self.raw["include"]
+        if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
+            self._fail("include must be a non-empty list of spec files, relative to this one", table="", key="include")
+        grid = self.raw.get("grid", {})
+        self._check_keys(grid, ("name",), table="grid")
+        name = self._value(grid, "grid", "name", str, default=self.path.stem)
+        cells: dict[str, Cell] = {}
+        for file in files:
+            included = self.path.parent / file
+            if not included.is_file():
+                self._fail(f"include: there is no spec {file!r} (looked for {included})", table="", key="include", value=file)
+            if included.resolve() in self.including:
+                self._fail(f"include: {file!r} includes this spec again (a cycle)", table="", key="include", value=file)
+            for cell in load_spec(included, _including=self.including).cells:
+                cells.setdefault(cell.id, cell)
+        resources = self._dataclass(Resources, "resources")
+        self._check_resources(resources)
+        slurm, ray = self._dataclass(SlurmConfig, "slurm"), self._dataclass(RayConfig, "ray")
+        return Spec(path=self.path, name=name, cells=tuple(cells.values()), resources=resources, slurm=slurm, ray=ray)
 
     # -- pieces ---------------------------------------------------------------------------------
 

@@ -181,3 +181,30 @@ def test_the_readme_spec_example_is_a_valid_spec(tmp_path):
     documented = set(re.findall(r"^(\w+) = ", example, flags=re.M))
     undocumented = {f.name for f in fields(TrainConfig)} - documented - {"epochs"}
     assert not undocumented, f"README's spec example lacks [train] keys {sorted(undocumented)}"
+
+
+def test_include_takes_the_cells_of_other_specs_once_each(tmp_path):
+    (tmp_path / "sub").mkdir()
+    write(tmp_path, 'grid.name = "a"\ngrid.methods = ["baseline"]\ngrid.backbones = ["resnet18", "resnet50"]\n'
+                    'grid.train_datasets = ["market1501"]\n', "a.toml")
+    write(tmp_path, 'grid.name = "b"\ngrid.methods = ["baseline"]\ngrid.backbones = ["resnet50"]\n'
+                    'grid.train_datasets = ["market1501", "dukemtmc"]\ntrain.lr = 1e-3\n', "sub/b.toml")
+    write(tmp_path, 'grid.name = "a2"\ngrid.methods = ["baseline"]\ngrid.backbones = ["resnet18"]\n'
+                    'grid.train_datasets = ["market1501"]\n', "a2.toml")
+    spec = load_spec(write(tmp_path, 'include = ["a.toml", "sub/b.toml", "a2.toml"]\n[resources]\nworld_size = 2\n', "all.toml"))
+    a, b, a2 = (load_spec(tmp_path / f) for f in ("a.toml", "sub/b.toml", "a2.toml"))
+    assert [c.id for c in spec.cells] == [c.id for c in a.cells + b.cells]  # a2's cell is a's resnet18 cell
+    assert {c.grid for c in spec.cells} == {"a", "b"} and spec.name == "all" and spec.resources.world_size == 2
+    assert {c.train.lr for c in spec.cells if c.grid == "b"} == {1e-3}
+
+
+@pytest.mark.parametrize("text,message", [
+    ('include = ["missing.toml"]\n', r"all.toml, line 1: include: there is no spec 'missing.toml'"),
+    ('include = "a.toml"\n', r"include must be a non-empty list"),
+    ('include = ["all.toml"]\n', r"includes this spec again \(a cycle\)"),
+    ('include = ["a.toml"]\n[train]\nlr = 1\n', r"unknown key 'train' in the top level"),
+])
+def test_include_errors_name_the_file_and_line(tmp_path, text, message):
+    write(tmp_path, 'grid.methods = ["baseline"]\ngrid.backbones = ["resnet18"]\ngrid.train_datasets = ["market1501"]\n', "a.toml")
+    with pytest.raises(UserError, match=message):
+        load_spec(write(tmp_path, text, "all.toml"))

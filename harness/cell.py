@@ -23,7 +23,6 @@ from harness.data.device import DeviceBatches
 from harness.data.loader import shard_loader, test_transform, train_loader, train_transform
 from harness.data.sampler import PKBatchSampler, steps_per_epoch
 from harness.dist import DistEnv, gather_shards, init_distributed, shutdown
-from harness.errors import UserError
 from harness.evaluate import evaluate, pairwise_distance
 from harness.profile import GpuSampler, gather_gpu_figures, peak_memory, reset_peak_memory, training_row
 from harness.rerank import rerank_features
@@ -112,9 +111,7 @@ def _run(cell: Cell, resources: Resources, store: Store, env: DistEnv, executor:
     )
     augmentation = {"flip": config.flip, "padding": config.padding, "random_erasing": config.random_erasing}
     if config.data_on_device:
-        if model.train_cues:
-            raise UserError(f"[train] data_on_device keeps images only, but {cell.method} trains with cue maps "
-                            f"({', '.join(model.train_cues)}); set data_on_device = false for this method.")
+        assert not model.train_cues, "data_on_device with cue maps is refused before the run (cli._check_cues)"
         loader = DeviceBatches(train_set.train, sampler, size=config.input_size, **augmentation, device=env.device,
                                seed=cell.seed * 1000 + env.rank, num_workers=config.num_workers)
     else:

@@ -217,12 +217,34 @@ def _prepare_data(cells, world_size: int) -> None:
                 pretrained_weights_file(cell.backbone)
             except MissingWeights as err:
                 raise UserError(str(err)) from None
+        _check_cues(cell, roots)
         p = cell.train.ids_per_batch
         if p > train.num_train_ids or p % world_size:
             raise UserError(
                 f"[train] ids_per_batch = {p} must be at most the {train.num_train_ids} training identities of "
                 f"{cell.train_dataset} and divisible by [resources] world_size = {world_size}."
             )
+
+
+def _check_cues(cell, roots: dict[str, Path]) -> None:
+    """The cue maps the cell's method needs: kept off the device by data_on_device, and present on disk."""
+    import torch
+
+    from methods import create_model
+
+    with torch.device("meta"):  # no memory, no initialisation cost: only the declared cues are wanted
+        model = create_model(cell.method, variant=cell.variant, backbone=cell.backbone, num_classes=2, pretrained=False,
+                             last_stride=cell.train.last_stride)
+    if cell.train.data_on_device and model.train_cues:
+        raise UserError(f"[train] data_on_device keeps images only, but {cell.method}:{cell.variant} trains with cue maps "
+                        f"({', '.join(model.train_cues)}); set data_on_device = false for this grid.")
+    needs = [(cell.train_dataset, cue) for cue in model.train_cues] + [(d, cue) for d in cell.test_datasets for cue in model.test_cues]
+    for dataset, cue in dict.fromkeys(needs):
+        folder = roots[dataset] / "cues" / cue
+        if not folder.is_dir():
+            raise UserError(f"{cell.method}:{cell.variant} needs {cue} cue maps of {dataset}, but {folder} does not exist. "
+                            f"Compute them with the off-the-shelf model the method's paper names (formats: README, "
+                            f"'Cue maps') and check them with `reidbench data check {dataset} {roots[dataset]} --cues {cue}`.")
 
 
 def _show_results(spec, store, reports: Path) -> None:

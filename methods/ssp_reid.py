@@ -13,8 +13,8 @@ channel of the tensor and the map. Finally, we use average pooling to obtain the
   ("the feature vector before softmax layer", Fig. 4), what the added "multi-class classification
   layer" classifies, and the test-time embedding. No BNNeck: the paper has none.
 - map size: "We adjust the size of the input to 254 × 128 pixels and saliency/semantic parsing
-  maps to 128 × 64 pixels", so maps are resized (bilinear, antialiased) to `map_scale` = 1/2 of
-  the input size, whatever the input size is.
+  maps to 128 × 64 pixels", so maps are area-averaged to `map_scale` = 1/2 of the input size,
+  whatever the input size is (how the paper resized them is not stated).
 - map values: the paper multiplies by JPPNet's region maps as they come (no normalisation is
   stated), while the harness delivers each parsing region l1-normalised (summing to 1). Each
   region is rescaled to peak 1, which gives back a label map's binary region mask exactly (and a
@@ -70,7 +70,7 @@ def masked_average(tap: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
 
 def cue_maps(cue: str, value: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """The batch's saliency (B, 1, ...) or parsing (B, 5, ...) maps at `size`; parsing regions at peak 1."""
-    maps = F.interpolate(value.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+    maps = F.interpolate(value.float(), size=size, mode="area")
     if cue == "parsing":
         maps = maps / maps.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
     return maps

@@ -5,7 +5,9 @@ SSP-ReID trains its two subnets "separately" and joins their features at test; S
 realises this as one module holding the members: each step feeds every member the same batch, and
 the loss is the plain sum of the members' own terms, so each member's parameters receive exactly
 the gradient of its own losses (no term reads two members), as if it were trained alone on these
-batches. Only the test-time embedding joins them.
+batches: Adam and SGD update each parameter from its own gradient. The one coupling is a global
+gradient-norm clip ([train] grad_clip), which scales all members by their joint norm. Only the
+test-time embedding joins them.
 """
 
 from __future__ import annotations

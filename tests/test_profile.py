@@ -11,8 +11,9 @@ import torch
 from harness.cli import main
 from harness.profile import GpuFigures, GpuSampler, profile_targets, synthetic_batches
 from harness.store import PROFILE_SCHEMA, Store
+from methods import method_names, method_variants
 
-TINY = ["--backbones", "resnet18", "--batch", "8", "--input", "32x16", "--steps", "2", "--warmup", "1"]
+TINY = ["--methods", "baseline", "--backbones", "resnet18", "--batch", "8", "--input", "32x16", "--steps", "2", "--warmup", "1"]
 
 
 def test_sampler_on_the_cpu_says_there_is_no_gpu():
@@ -63,7 +64,8 @@ def test_synthetic_batches_have_the_p_by_k_composition():
 
 def test_targets_from_flags_and_user_errors():
     targets, config, device = profile_targets(None, backbones=["resnet18"], batch=12, input_size="64X32", precision="fp32")
-    assert targets == [("baseline", "bnneck", "resnet18")] and device.type in ("cpu", "cuda")
+    assert targets == [(m, v, "resnet18") for m in method_names() for v in method_variants(m)]  # every registered one
+    assert ("baseline", "bnneck", "resnet18") in targets and device.type in ("cpu", "cuda")
     assert (config.ids_per_batch, config.images_per_id, config.input_size, config.precision) == (3, 4, (64, 32), "fp32")
     for bad, message in [({"methods": ["baselin"]}, "did you mean 'baseline'"), ({"backbones": ["resnet5"]}, "resnet50"),
                          ({"batch": 10}, "multiple of images_per_id = 4"), ({"input_size": "256"}, "HEIGHTxWIDTH")]:

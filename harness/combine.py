@@ -161,7 +161,7 @@ def _group_key(cell: Cell) -> str:
 def _locate(lines: list[str], index: int | None, key: str | None, value: str | None) -> int | None:
     """The line of the index-th [[combine]] table (the first without index), of its key, or of
     value inside that key's array."""
-    header, combine = re.compile(r"^\s*\["), re.compile(r"^\s*\[\[\s*combine\s*\]\]")
+    header, combine = re.compile(r"^\s*\["), re.compile(r"^\s*\[\[?\s*combine\s*\]")
     seen, table_line, key_line = -1, None, None
     for number, line in enumerate(lines, start=1):
         if header.match(line):

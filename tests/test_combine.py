@@ -95,7 +95,7 @@ def test_a_part_that_is_not_a_cell_names_its_line_and_the_closest_cells(tmp_path
     ('name = "pair"', 'name = "a pair"', "name must be a variant name"),
     ('"baseline/resnet50"]', '"baseline:bnneck/resnet18"]', "line 16: part 'baseline:bnneck/resnet18' is listed twice"),
     (', "baseline/resnet50"]', ']', "parts must list at least two cells"),
-    ("[[combine]]", "[combine]", "write each one as [[combine]]"),
+    ("[[combine]]", "[combine]", "line 13: combinations are an array of tables: write each one as [[combine]]"),
     ("iterations = 10", "iterations = 10\nkeep_embeddings = false", "line 12: [[combine]] needs the cells' embeddings"),
 ])
 def test_spec_errors(tmp_path, replace, with_, expected):
@@ -251,6 +251,9 @@ def test_parts_not_done_leave_the_combination_waiting_not_failed(grid, capsys):
     assert not (store.root / "rows" / combo.id).exists() and store.read_state(combo.id) is None
     assert main(["combine", str(spec.path), "--store", str(store.root)]) == 0
     assert f"combination {combo.id} (baseline:pair): waiting for part(s) baseline:bnneck/resnet50" in capsys.readouterr().out
+    assert main(["run", str(spec.path), "--store", str(store.root), "--dry-run"]) == 0
+    listed = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(combo.id))
+    assert "waiting" in listed and "baseline:pair" in listed and not (store.root / "rows" / combo.id).exists()
     # Done without embeddings (kept off): it cannot be computed, and says what to do.
     finish(store, combo.parts[1], None)
     states = {s.combination.id: s for s in statuses(spec.combinations, store)}

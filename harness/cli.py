@@ -138,8 +138,9 @@ def _run(args: argparse.Namespace) -> int:
             print(dry_run(todo, spec.resources, spec.slurm, store))
         return 0
     if args.executor == "slurm":
+        code = _submit(args, spec, store)
         failed = _combine(spec, store)  # those whose cells finished since the last submission
-        return _submit(args, spec, store) or (1 if failed else 0)
+        return code or (1 if failed else 0)
     todo = [c for c in spec.cells if args.force or not is_done(store, c)]
     if not todo:
         print(f"All {len(spec.cells)} cell(s) of grid {spec.name!r} are done in {store.root}/; nothing to run (--force reruns them).")

@@ -224,7 +224,7 @@ class Store:
             raise ValueError(f"{path}: unreadable embeddings file ({type(err).__name__}: {err})") from None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays: no element-wise ==
 class Embeddings:
     """One test dataset's embeddings as a cell computed them, in the dataset's query and gallery order."""
 

@@ -27,7 +27,7 @@ from harness.evaluate import evaluate, pairwise_distance
 from harness.profile import GpuSampler, gather_gpu_figures, peak_memory, reset_peak_memory, training_row
 from harness.rerank import rerank_features
 from harness.spec import Cell, DatasetConfig, Resources, SyntheticConfig, TrainConfig
-from harness.store import SCHEMA_VERSION, Store
+from harness.store import SCHEMA_VERSION, Embeddings, Store
 from harness.train import (NonFiniteLoss, TrainResult, build_optimizer, build_scheduler, extract_features,
                            resolve_precision, total_steps, train)
 from methods import create_model
@@ -149,7 +149,8 @@ def _run(cell: Cell, resources: Resources, store: Store, env: DistEnv, executor:
     for test_name in cell.test_datasets:
         test_root = dataset_root(cell.dataset(test_name), cell.synthetic)
         test_set = train_set if test_name == cell.train_dataset else data.load_dataset(test_name, test_root)
-        for rerank, (metrics, seconds) in _evaluate(model, test_set, config, env, test_name, test_root).items():
+        keep = (lambda embeddings: store.write_embeddings(cell.id, test_name, embeddings)) if config.keep_embeddings else None
+        for rerank, (metrics, seconds) in _evaluate(model, test_set, config, env, test_name, test_root, keep).items():
             log(f"{test_name}{' +RR' if rerank else ''}: rank-1 {metrics['rank1']:.1%} mAP {metrics['mAP']:.1%} ({seconds:.1f} s)")
             store.write_row(_result_row(cell, resources, test_set, metrics, rerank, result, seconds, env, executor, started))
     if env.is_main:
@@ -202,13 +203,14 @@ def _scheduler_ids() -> dict[str, str]:
 
 
 def _evaluate(model: torch.nn.Module, test_set: data.ReidData, config: TrainConfig, env: DistEnv, name: str,
-              root: Path) -> dict[bool, tuple[dict, float]]:
+              root: Path, keep=None) -> dict[bool, tuple[dict, float]]:
     """Query and gallery features extracted in shards over ranks, then on rank 0 the metrics
     of the plain and of the k-reciprocal re-ranked distances: {rerank: (metrics, seconds)}.
 
     A model may bring its own batched distance as ``model.distance(query, gallery)``
     (see harness.distance); otherwise the Euclidean distance is used. Each row's seconds
-    count feature extraction plus its own distances and metrics.
+    count feature extraction plus its own distances and metrics. Rank 0 hands the features
+    to ``keep`` (a store.Embeddings) afterwards, when given.
     """
     start = time.perf_counter()
     transform = test_transform(config.input_size, heatmap_stride=_feature_stride(config))
@@ -224,13 +226,24 @@ def _evaluate(model: torch.nn.Module, test_set: data.ReidData, config: TrainConf
         return {}
     extracted = time.perf_counter() - start
     metric = getattr(model, "distance", "euclidean")
-    ids = lambda samples, key: np.asarray([getattr(s, key) for s in samples])  # noqa: E731
+    ids = lambda samples, key: np.asarray([getattr(s, key) for s in samples], dtype=np.int64)  # noqa: E731
     labels = (ids(test_set.query, "pid"), ids(test_set.gallery, "pid"), ids(test_set.query, "camid"), ids(test_set.gallery, "camid"))
+    results = score(*features, labels, protocol=data.protocol(name), metric=metric, device=env.device, extracted=extracted)
+    if keep is not None:
+        keep(Embeddings(*(f.float().cpu().numpy() for f in features), *labels, metric="euclidean" if metric == "euclidean" else "own"))
+    return results
+
+
+def score(query: torch.Tensor, gallery: torch.Tensor, labels: tuple, *, protocol: str, metric="euclidean",
+          device: torch.device, extracted: float = 0.0) -> dict[bool, tuple[dict, float]]:
+    """The metrics of the plain and of the k-reciprocal re-ranked distances between query and
+    gallery features, {rerank: (metrics, seconds)}; `labels` are query/gallery pids, then camids.
+    Each row's seconds add its own distances and metrics to `extracted`."""
     results = {}
     for rerank, distances in ((False, pairwise_distance), (True, rerank_features)):
         begin = time.perf_counter()
-        distmat = distances(*(f.to(env.device) for f in features), metric=metric)
-        metrics = evaluate(distmat, *labels, protocol=data.protocol(name))
+        distmat = distances(query.to(device), gallery.to(device), metric=metric)
+        metrics = evaluate(distmat, *labels, protocol=protocol)
         results[rerank] = (metrics, extracted + time.perf_counter() - begin)
     return results
 

@@ -60,6 +60,15 @@ def _parser() -> argparse.ArgumentParser:
     store_option(status)
     status.set_defaults(command=_status)
 
+    combine = sub.add_parser("combine", help="compute the grid's [[combine]] combinations whose cells are done",
+                             description="Score each [[combine]] combination of the spec whose part cells are done, from "
+                             "their kept embeddings (l2-normalised and concatenated), and write its rows. `reidbench run` "
+                             "does this too; with the slurm executor, run this once the cells are done.")
+    combine.add_argument("spec", type=Path, help="a grid spec with [[combine]] tables")
+    store_option(combine)
+    combine.add_argument("--force", action="store_true", help="compute done combinations again (their rows are replaced)")
+    combine.set_defaults(command=_combine_command)
+
     logs = sub.add_parser("logs", help="print where a cell's logs are and their last lines",
                           description="The log files of a cell (its SLURM task logs, or the local launcher's) and the tail of each.")
     logs.add_argument("cell", help="a cell id, or a unique prefix of one")
@@ -129,21 +138,25 @@ def _run(args: argparse.Namespace) -> int:
             print(dry_run(todo, spec.resources, spec.slurm, store))
         return 0
     if args.executor == "slurm":
-        return _submit(args, spec, store)
+        code = _submit(args, spec, store)
+        failed = _combine(spec, store)  # those whose cells finished since the last submission
+        return code or (1 if failed else 0)
     todo = [c for c in spec.cells if args.force or not is_done(store, c)]
     if not todo:
         print(f"All {len(spec.cells)} cell(s) of grid {spec.name!r} are done in {store.root}/; nothing to run (--force reruns them).")
+        failed = _combine(spec, store)
         _show_results(spec, store, args.reports)
-        return 0
+        return 1 if failed else 0
     _prepare_data(todo, spec.resources.world_size)
     print(f"Running {len(todo)} of {len(spec.cells)} cell(s) of grid {spec.name!r} with the {args.executor} executor.", flush=True)
     outcomes = executor(todo, spec.resources, store, **settings)
+    failed_combinations = _combine(spec, store)
     _show_results(spec, store, args.reports)
     failed = [o for o in outcomes if not o.ok]
     for outcome in failed:
         where = store.cell_dir(outcome.cell_id)
         print(f"cell {outcome.cell_id} failed: {outcome.reason} (traceback in {where / 'state.json'}, logs in {where / 'logs'})", file=sys.stderr)
-    return 1 if failed else 0
+    return 1 if failed or failed_combinations else 0
 
 
 def _cluster_options(run: argparse.ArgumentParser) -> None:
@@ -252,7 +265,7 @@ def _show_results(spec, store, reports: Path) -> None:
 
     contents = store.read()
     _warn(contents.problems)
-    ids = {c.id for c in spec.cells}
+    ids = {c.id for c in (*spec.cells, *spec.combinations)}
     rows = [r for r in contents.rows if r["cell_id"] in ids]
     if rows:
         print(results_table(rows))
@@ -270,7 +283,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _cells_table(spec, store) -> str:
-    """One line per cell: the store, the submission manifest and the scheduler's view merged (harness.jobs)."""
+    """One line per cell: the store, the submission manifest and the scheduler's view merged (harness.jobs);
+    then one line per [[combine]] combination."""
     from harness.jobs import statuses
 
     lines = []
@@ -278,8 +292,46 @@ def _cells_table(spec, store) -> str:
         cell = s.cell
         lines.append([cell.id, f"{cell.method}:{cell.variant}", cell.backbone, cell.train_dataset, ",".join(cell.test_datasets),
                       cell.seed, s.state, "" if s.attempts is None else s.attempts, s.job_id or "", s.detail or ""])
-    return tabulate(lines, headers=["cell", "method", "backbone", "train", "test", "seed", "state", "attempts", "job", "detail"],
+    text = tabulate(lines, headers=["cell", "method", "backbone", "train", "test", "seed", "state", "attempts", "job", "detail"],
                     disable_numparse=True)
+    if spec.combinations:
+        from harness.combine import table_lines
+
+        text += "\n\n" + tabulate(table_lines(spec.combinations, store), disable_numparse=True,
+                                  headers=["combination", "method", "backbone", "train", "test", "seed", "state", "detail"])
+    return text
+
+
+def _combine(spec, store, force: bool = False) -> int:
+    """Compute the spec's combinations that are due; print what failed; return how many did."""
+    from harness.combine import run_combinations
+
+    if not spec.combinations:
+        return 0
+    outcomes = run_combinations(spec.combinations, store, spec.resources, force=force, log=lambda m: print(m, flush=True))
+    failed = [o for o in outcomes if not o.ok]
+    for outcome in failed:
+        print(f"combination {outcome.combination.id} ({outcome.combination.method}:{outcome.combination.name}) failed: "
+              f"{outcome.reason} (details in {store.cell_dir(outcome.combination.id) / 'state.json'})", file=sys.stderr)
+    return len(failed)
+
+
+def _combine_command(args: argparse.Namespace) -> int:
+    from harness.combine import statuses
+    from harness.spec import load_spec
+    from harness.store import Store
+
+    spec, store = load_spec(args.spec), Store(args.store)
+    if not spec.combinations:
+        raise UserError(f"{args.spec} has no [[combine]] table, so there is nothing to combine; see README, 'Combinations'.")
+    failed = _combine(spec, store, force=args.force)
+    current = statuses(spec.combinations, store)
+    for s in current:
+        if s.state not in ("done", "failed"):  # failures were printed above
+            print(f"combination {s.combination.id} ({s.combination.method}:{s.combination.name}): {s.state} {s.detail}".rstrip())
+    done = sum(s.state == "done" for s in current)
+    print(f"{done} of {len(spec.combinations)} combination(s) of grid {spec.name!r} are done in {store.root}/.")
+    return 1 if failed else 0
 
 
 def _find_cell(store, prefix: str) -> str:

@@ -16,15 +16,19 @@ import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import TYPE_CHECKING, Any, get_type_hints
 
 from harness.errors import UserError, closest
+
+if TYPE_CHECKING:
+    from harness.combine import Combination
 
 ID_VERSION = 1  # bump when the meaning of a resolved configuration changes
 # Settings that change how fast a cell runs or how much it logs, not what it computes.
 _NOT_IDENTITY = frozenset({
     "num_workers", "eval_batch_size", "log_every", "in_memory",
     "precision", "channels_last", "compile", "data_on_device", "check_every", "checkpoint_every",
+    "keep_embeddings",
 })
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -64,6 +68,7 @@ class TrainConfig:
     data_on_device: bool = False  # decode the training set once, keep it on the device as uint8, augment there
     check_every: int = 10  # steps between non-finite loss checks (each costs one host sync)
     checkpoint_every: int = 500  # steps between checkpoints (0: only when the scheduler asks to stop)
+    keep_embeddings: bool = True  # write the test-time embeddings to the store (needed by [[combine]])
 
     def __post_init__(self) -> None:
         if self.iterations is None and self.epochs is None:
@@ -198,10 +203,11 @@ class Spec:
     resources: Resources = field(default_factory=Resources)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    combinations: tuple[Combination, ...] = ()  # [[combine]]: evaluation-time combinations of cells (harness.combine)
 
 
 _GRID_KEYS = ("name", "methods", "backbones", "train_datasets", "test_datasets", "seeds")
-_TOP_TABLES = ("grid", "train", "resources", "synthetic", "datasets", "slurm", "ray")
+_TOP_TABLES = ("grid", "train", "resources", "synthetic", "datasets", "slurm", "ray", "combine")
 
 
 def load_spec(path: str | Path, *, _including: tuple[Path, ...] = ()) -> Spec:
@@ -232,7 +238,7 @@ class _SpecParser:
             return self._parse_include()
         self._check_keys(self.raw, _TOP_TABLES, table="")
         for name in _TOP_TABLES:
-            if name in self.raw and not isinstance(self.raw[name], dict):
+            if name in self.raw and name != "combine" and not isinstance(self.raw[name], dict):
                 self._fail(f"'{name}' must be a table ([{name}])", table="", key=name)
         grid = self.raw.get("grid")
         if grid is None:
@@ -289,7 +295,9 @@ class _SpecParser:
                            f"{cell.train_dataset}, seed {cell.seed}); remove the repeated name or seed", table="grid")
             seen[cell.id] = cell
         slurm, ray = self._dataclass(SlurmConfig, "slurm"), self._dataclass(RayConfig, "ray")
-        return Spec(path=self.path, name=name, cells=tuple(cells), resources=resources, slurm=slurm, ray=ray)
+        combinations = self._combinations(cells, name, train)
+        return Spec(path=self.path, name=name, cells=tuple(cells), resources=resources, slurm=slurm, ray=ray,
+                    combinations=combinations)
 
     def _parse_include(self) -> Spec:
         self._check_keys(self.raw, ("include", "grid", "resources", "slurm", "ray"), table="")
@@ -331,6 +339,15 @@ class _SpecParser:
                 value=entry,
             )
         return method, variant
+
+    def _combinations(self, cells: list[Cell], grid: str, train: TrainConfig) -> tuple[Combination, ...]:
+        if "combine" not in self.raw:
+            return ()
+        from harness.combine import parse_combinations
+
+        if not train.keep_embeddings:
+            self._fail("[[combine]] needs the cells' embeddings: remove keep_embeddings = false", table="train", key="keep_embeddings")
+        return parse_combinations(self.path, self.lines, self.raw["combine"], cells, grid)
 
     def _datasets(self, valid: list[str]) -> dict[str, DatasetConfig]:
         out = {}

@@ -6,6 +6,7 @@ Layout under the store's root (``results/`` by default):
     profiles/<profile id>.parquet                         one throughput/GPU profile row each
     cells/<cell id>/state.json                            running, done or failed (with the reason)
     cells/<cell id>/logs/                                 the processes' logs
+    cells/<cell id>/embeddings/<test dataset>.npz         the test-time embeddings (for [[combine]])
 
 A row's file name is its identity, so writing it again replaces it: a result is never duplicated.
 Each file is written under a temporary name and renamed, so a crash never leaves a half row that
@@ -17,10 +18,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -150,6 +153,10 @@ class Store:
         path = self.row_path(row.get("cell_id"), row.get("test_dataset"), row.get("rerank"))
         return _write_one(path, row, SCHEMA, "result row")
 
+    def read_row(self, cell_id: str, test_dataset: str, rerank: bool) -> dict[str, Any]:
+        """One result row; FileNotFoundError if it is not in the store."""
+        return pq.read_table(self.row_path(cell_id, test_dataset, rerank)).to_pylist()[0]
+
     # -- profile rows ---------------------------------------------------------------------------
 
     def profile_path(self, profile_id: str) -> Path:
@@ -186,6 +193,48 @@ class Store:
             return None
         except (OSError, json.JSONDecodeError):
             return {"cell_id": cell_id, "state": "unknown", "reason": f"unreadable state file {path}"}
+
+    # -- test-time embeddings -------------------------------------------------------------------
+
+    def embeddings_path(self, cell_id: str, test_dataset: str) -> Path:
+        return self.cell_dir(cell_id) / "embeddings" / f"{test_dataset}.npz"
+
+    def write_embeddings(self, cell_id: str, test_dataset: str, embeddings: Embeddings) -> Path:
+        """Keep a cell's query and gallery embeddings of one test dataset (atomically), so that
+        evaluation-time combinations of cells can be computed later without the models."""
+        path = self.embeddings_path(cell_id, test_dataset)
+        arrays = {k: np.ascontiguousarray(getattr(embeddings, k)) for k in Embeddings.__dataclass_fields__ if k != "metric"}
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
+                np.savez(f, metric=np.asarray(embeddings.metric), **arrays)
+
+        _atomic_write(path, write)
+        return path
+
+    def read_embeddings(self, cell_id: str, test_dataset: str) -> Embeddings:
+        """A cell's kept embeddings; FileNotFoundError if it kept none, ValueError if the file is damaged."""
+        path = self.embeddings_path(cell_id, test_dataset)
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                return Embeddings(**{k: f[k] for k in Embeddings.__dataclass_fields__ if k != "metric"}, metric=str(f["metric"]))
+        except FileNotFoundError:
+            raise
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
+            raise ValueError(f"{path}: unreadable embeddings file ({type(err).__name__}: {err})") from None
+
+
+@dataclass(frozen=True, eq=False)  # arrays: no element-wise ==
+class Embeddings:
+    """One test dataset's embeddings as a cell computed them, in the dataset's query and gallery order."""
+
+    query: np.ndarray  # (Nq, D) float32
+    gallery: np.ndarray  # (Ng, D) float32
+    query_pids: np.ndarray  # (Nq,) int64
+    gallery_pids: np.ndarray
+    query_camids: np.ndarray
+    gallery_camids: np.ndarray
+    metric: str = "euclidean"  # "euclidean", or "own" when the method compares them with its own distance
 
 
 def _write_one(path: Path, row: dict[str, Any], schema: pa.Schema, what: str) -> Path:

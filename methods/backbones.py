@@ -60,10 +60,10 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from methods.weights import MissingWeights, WeightsFile, require_cached
+from methods.weights import MissingWeights, WeightsFile, missing_message, require_cached
 
-__all__ = ["Backbone", "BackboneInfo", "MissingWeights", "backbone_info", "backbone_names", "create_backbone",
-           "pretrained_weights_file", "register_backbone"]
+__all__ = ["Backbone", "BackboneInfo", "MissingWeights", "backbone_info", "backbone_names", "check_cached",
+           "create_backbone", "pretrained_weights_file", "register_backbone"]
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # how harness/data normalises images
 
@@ -136,6 +136,14 @@ def create_backbone(name: str, *, pretrained: bool = False, last_stride: int = 1
 def pretrained_weights_file(name: str) -> Path:
     """The cached ImageNet weights of backbone `name`; MissingWeights says how to fetch them."""
     return require_cached(name, backbone_info(name).weights)
+
+
+def check_cached(names: list[str]) -> None:
+    """One MissingWeights naming every backbone of `names` whose weights are not cached, and the command to fetch them."""
+    missing = {n: backbone_info(n).weights.path for n in dict.fromkeys(names)}
+    missing = {n: path for n, path in missing.items() if not path.is_file()}
+    if missing:
+        raise MissingWeights(missing_message(list(missing), list(missing.values())))
 
 
 # Building blocks: surgery on the networks torchvision and timm build, never a re-written layer.

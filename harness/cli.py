@@ -124,6 +124,10 @@ def _run(args: argparse.Namespace) -> int:
         print(_cells_table(spec, store))
         todo = sum(args.force or not is_done(store, c) for c in spec.cells)
         print(f"\n{len(spec.cells)} cell(s) in grid {spec.name!r}, {todo} to run. Nothing was run (--dry-run).")
+        try:
+            _check_weights(spec.cells)
+        except UserError as err:
+            print(f"A run would stop here: {err}")
         if args.executor == "slurm":
             from harness.executors.slurm import dry_run
             from harness.jobs import statuses

@@ -49,6 +49,8 @@ def test_backbone_taps_and_last_stride(name):
         assert tap.shape == (2, tap_channels, *(grid if tap_name == "res5c" else (4, 2)))
         assert torch.isfinite(final).all()
         shapes[last_stride] = {k: v.shape for k, v in net.state_dict().items()}
+    (final.square().mean() + tap.square().mean()).backward()
+    assert [n for n, p in net.named_parameters() if p.grad is None] == []  # DDP needs every parameter used
     assert shapes[1] == shapes[2]  # the same weights load either way
 
 
@@ -203,6 +205,8 @@ def test_run_stops_before_anything_when_pretrained_weights_are_missing(tmp_path,
     (tmp_path / "torch" / "hub" / "checkpoints" / backbone_info("resnet18").weights.name).write_bytes(b"cached")
     spec = tmp_path / "spec.toml"
     spec.write_text(SPEC)
+    assert main(["run", str(spec), "--store", str(tmp_path / "store"), "--dry-run"]) == 0
+    assert "A run would stop here" in capsys.readouterr().out
     assert main(["run", str(spec), "--store", str(tmp_path / "store")]) == 2
     err = capsys.readouterr().err
     assert "`reidbench weights fetch densenet121 xception`" in err and "Traceback" not in err

@@ -3,22 +3,21 @@
 Every backbone maps an H x W image to a ceil(H/32) x ceil(W/32) map, or ceil(H/16) x ceil(W/16)
 with ``last_stride=1``, so cue maps that come at the feature-map size (pose heatmaps) fit any of
 them. The Inception and Xception stems use unpadded ("valid") convolutions and poolings, which
-shrink a 256 x 128 input to 6 x 2 (and fail below about 140 x 140); here those layers get the padding
-that keeps the size (a 3x3 window gets 1 on each side), which changes no weight, only the border
-of the pretrained filters' inputs, and which fine-tuning absorbs. Where a down-sampling block pools
+shrink a 256 x 128 input to 6 x 2 in Inception-V3 (and fail on a side under 75 pixels, 128 x 64
+included); here those layers get the padding that keeps the size (a 3x3 window gets 1 on each
+side), which changes no weight, only the border of the pretrained filters' inputs, and which
+fine-tuning absorbs. Where a down-sampling block pools
 with a hard-coded functional call (torchvision's Inception-V3 grid reductions), its input is
 zero-padded by one instead: the same thing for the pooled and the directly strided branches.
 
 ``last_stride=1`` keeps the resolution of the last down-sampling step (stride 1 instead of 2, no
 dilation: Luo et al.'s re-ID trick, as for the ResNets):
 
-========== ====================================================================================
-resnet*    res5a's strided 3x3 convolution and its shortcut
-densenet121  transition3's 2x2 average pooling is dropped (identity); dense block 4 runs at 1/16
-inception_v3 the last grid reduction (Mixed_7a): both strided convolutions and its max pooling
-inception_v4 Reduction-B: both strided convolutions and its max pooling
-xception   the exit flow's first block: its max pooling and its 1x1 shortcut
-========== ====================================================================================
+- resnet*: res5a's strided 3x3 convolution and its shortcut;
+- densenet121: transition3's 2x2 average pooling is dropped (identity), so dense block 4 runs at 1/16;
+- inception_v3: the last grid reduction (Mixed_7a): both strided convolutions and its max pooling;
+- inception_v4: Reduction-B: both strided convolutions and its max pooling;
+- xception: the exit flow's first block: its max pooling and its 1x1 shortcut.
 
 Taps (``forward_with_tap``), the layer SSP-ReID §4.1 joins cue maps to:
 

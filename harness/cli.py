@@ -97,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     from harness.data.cli import add_parser as add_data_parser
 
     add_data_parser(sub)
+    from harness.catalogue import add_parsers as add_catalogue_parsers
+
+    add_catalogue_parsers(sub)
     profile = sub.add_parser("profile", help="measure training and inference throughput and GPU use per method",
                              description="Train and infer each (method, variant, backbone) for a few steps on synthetic "
                              "P x K batches at the recipe's input size, and write one profile row each to the store: "
@@ -130,6 +133,10 @@ def _run(args: argparse.Namespace) -> int:
         print(_cells_table(spec, store))
         todo = sum(args.force or not is_done(store, c) for c in spec.cells)
         print(f"\n{len(spec.cells)} cell(s) in grid {spec.name!r}, {todo} to run. Nothing was run (--dry-run).")
+        try:
+            _check_weights(spec.cells)
+        except UserError as err:
+            print(f"A run would stop here: {err}")
         if args.executor == "slurm":
             from harness.executors.slurm import dry_run
             from harness.jobs import statuses
@@ -214,6 +221,7 @@ def _prepare_data(cells, world_size: int) -> None:
     from harness import data
     from harness.cell import dataset_root
 
+    _check_weights(cells)
     loaded: dict[tuple[str, Path], data.ReidData] = {}
     for cell in cells:
         roots = {config.name: dataset_root(config, cell.synthetic) for config in cell.datasets}
@@ -223,13 +231,6 @@ def _prepare_data(cells, world_size: int) -> None:
                 kind = "synthetic" if config.synthetic else "real"
                 print(f"dataset {config.name} ({kind}): {roots[config.name]}", flush=True)
         train = loaded[cell.train_dataset, roots[cell.train_dataset]]
-        if cell.train.pretrained:
-            from methods.backbones import MissingWeights, pretrained_weights_file
-
-            try:
-                pretrained_weights_file(cell.backbone)
-            except MissingWeights as err:
-                raise UserError(str(err)) from None
         _check_cues(cell, roots)
         p = cell.train.ids_per_batch
         if p > train.num_train_ids or p % world_size:
@@ -258,6 +259,16 @@ def _check_cues(cell, roots: dict[str, Path]) -> None:
             raise UserError(f"{cell.method}:{cell.variant} needs {cue} cue maps of {dataset}, but {folder} does not exist. "
                             f"Compute them with the off-the-shelf model the method's paper names (formats: README, "
                             f"'Cue maps') and check them with `reidbench data check {dataset} {roots[dataset]} --cues {cue}`.")
+
+
+def _check_weights(cells) -> None:
+    """Pretrained weights are read from the cache, never downloaded by a cell: check them all first, in one message."""
+    from methods.backbones import MissingWeights, check_cached
+
+    try:
+        check_cached([cell.backbone for cell in cells if cell.train.pretrained])
+    except MissingWeights as err:
+        raise UserError(str(err)) from None
 
 
 def _show_results(spec, store, reports: Path) -> None:

@@ -261,6 +261,12 @@ class CascadeStage(nn.Module):
 
 
 class SCSN(nn.Module):
+    """The network: attentive ResNet stages, optional NMFF, then the suppression cascade.
+
+    Training returns each stage's feature and logits stacked over stages; evaluation returns the
+    stage features concatenated, ``len(stages) * reduction_dim`` wide.
+    """
+
     train_cues: tuple[str, ...] = ()
     test_cues: tuple[str, ...] = ()
 

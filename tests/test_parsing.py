@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torchvision
 from PIL import Image
 from torchvision.models import inception
 
@@ -66,6 +67,23 @@ def test_grid_reduction_is_torchvisions_block_when_unpadded(block, channels):
         assert torch.equal(_GridReduction(original, stride=2, padding=0)(x), expected)  # same branches, same order
         same = _GridReduction(original, stride=1, padding=1)(x)
     assert same.shape == (1, expected.shape[1], 9, 9)
+
+
+def test_imagenet_weights_come_from_the_cache_only(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    code = main(["parsing", "train", "--root", str(tmp_path / "lip"), "--out", str(tmp_path / "m.pt"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"not cached: expected {tmp_path}/hub/checkpoints/inception_v3_google-" in err and "Traceback" not in err
+    assert not any(tmp_path.rglob("*.pth"))
+    torch.manual_seed(1)
+    google = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False)  # the published file's keys
+    cached = tmp_path / "hub" / "checkpoints" / "inception_v3_google-0cc3c7bd.pth"
+    cached.parent.mkdir(parents=True)
+    torch.save(google.state_dict(), cached)
+    net = build_parsing_net(pretrained=True)
+    assert torch.equal(net.backbone[0].conv.weight, google.Conv2d_1a_3x3.conv.weight)
+    assert torch.equal(net.backbone[-1].branch_pool.conv.weight, google.Mixed_7c.branch_pool.conv.weight)
+    assert torch.equal(net.backbone[-3].block.branch7x7x3_4.conv.weight, google.Mixed_7a.branch7x7x3_4.conv.weight)
 
 
 def test_learning_rate_groups_follow_the_paper(net):

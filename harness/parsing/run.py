@@ -129,12 +129,12 @@ def train(recipe: Recipe, root: Path, out: Path, *, device: torch.device, pretra
           seed: int = 0, log_every: int = 20, log: Callable[[str], None] = print) -> ParsingNet:
     """Train on LIP's train split under `root`; the model is saved to `out` (see `load`)."""
     torch.manual_seed(seed)
+    model = build_parsing_net(pretrained=pretrained).to(device).train()  # uncached weights fail before anything runs
     pairs = lip.read(root, "train")
     images = LipImages(pairs, recipe.input_size, flip=recipe.flip)
     sampler = RandomSampler(images, num_samples=recipe.iterations * recipe.batch_size)  # reshuffled each pass
     loader = DataLoader(images, batch_size=recipe.batch_size, sampler=sampler, drop_last=True, num_workers=workers,
                         pin_memory=device.type == "cuda", persistent_workers=workers > 0)
-    model = build_parsing_net(pretrained=pretrained).to(device).train()
     groups = model.param_groups(recipe.backbone_lr, recipe.aspp_lr, recipe.classifier_lr)
     optimizer = torch.optim.SGD(groups, lr=recipe.backbone_lr, momentum=recipe.momentum, nesterov=True,
                                 weight_decay=recipe.weight_decay)

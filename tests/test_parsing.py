@@ -24,7 +24,7 @@ from harness.data.synth_layouts import write_layout
 from harness.data.transforms import CueTransform, lip_regions
 from harness.errors import UserError
 from harness.parsing.metrics import confusion_matrix, parsing_scores
-from harness.parsing.run import LipImages, Recipe, load, lr_factor, write_cues
+from harness.parsing.run import LipImages, Recipe, load, lr_factor, train, write_cues
 from methods.spreid_parsing import ASPP_RATES, _GridReduction, build_parsing_net
 
 
@@ -198,6 +198,30 @@ def test_parsing_commands_have_help(capsys):
         with pytest.raises(SystemExit) as exit_:
             main([*command, "--help"])
         assert exit_.value.code == 0 and capsys.readouterr().out.startswith(f"usage: reidbench {' '.join(command)}")
+
+
+def test_an_interrupted_training_resumes_where_it_stopped(tmp_path):
+    write_layout("lip", tmp_path / "lip", ids=6, seed=0)
+    recipe, out = Recipe(iterations=3, input_size=(32, 32), batch_size=2), tmp_path / "m.pt"
+    lines = []
+
+    def log(line: str) -> None:
+        lines.append(line)
+        if "step 2/3" in line and not any("resuming" in seen for seen in lines):
+            raise KeyboardInterrupt  # a preemption after step 2's resume point
+
+    kwargs = dict(device=torch.device("cpu"), pretrained=False, workers=0, log_every=1, checkpoint_every=1, log=log)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, tmp_path / "lip", out, **kwargs)
+    assert not out.exists() and (tmp_path / "m.pt.resume").is_file()
+    shutil.copy(tmp_path / "m.pt.resume", tmp_path / "other.pt.resume")
+    lines.clear()
+    train(recipe, tmp_path / "lip", out, **kwargs)
+    steps = [line.split()[2] for line in lines if line.startswith("parsing: step")]
+    assert any("resuming from step 2" in line for line in lines) and steps == ["3/3"]
+    assert out.is_file() and not (tmp_path / "m.pt.resume").exists()
+    with pytest.raises(UserError, match="another recipe"):
+        train(Recipe(iterations=4, input_size=(32, 32), batch_size=2), tmp_path / "lip", tmp_path / "other.pt", **kwargs)
 
 
 @pytest.mark.slow

@@ -42,6 +42,8 @@ def add_parser(sub) -> None:
                        help="start from random weights instead of the cached ImageNet Inception-V3 weights")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--log-every", type=int, default=20, help="steps between log lines (default: 20)")
+    train.add_argument("--checkpoint-every", type=int, default=1000,
+                       help="steps between resume points, MODEL.pt.resume, which a rerun continues from (default: 1000; 0: none)")
     common(train, 15)
     train.set_defaults(command=_train)
 
@@ -77,7 +79,7 @@ def _train(args: argparse.Namespace) -> int:
     recipe = Recipe(iterations=args.iterations, input_size=args.input_size, batch_size=args.batch_size)
     try:
         train(recipe, args.root, args.out, device=resolve_device(args.device), pretrained=args.pretrained,
-              workers=args.workers, seed=args.seed, log_every=args.log_every)
+              workers=args.workers, seed=args.seed, log_every=args.log_every, checkpoint_every=args.checkpoint_every)
     except MissingWeights as err:
         raise UserError(str(err)) from None
     return 0

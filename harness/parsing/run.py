@@ -126,23 +126,29 @@ def lr_factor(step: int, recipe: Recipe) -> float:
 
 
 def train(recipe: Recipe, root: Path, out: Path, *, device: torch.device, pretrained: bool = True, workers: int = 2,
-          seed: int = 0, log_every: int = 20, log: Callable[[str], None] = print) -> ParsingNet:
-    """Train on LIP's train split under `root`; the model is saved to `out` (see `load`)."""
+          seed: int = 0, log_every: int = 20, checkpoint_every: int = 1000, log: Callable[[str], None] = print) -> ParsingNet:
+    """Train on LIP's train split under `root`; the model is saved to `out` (see `load`).
+
+    Every `checkpoint_every` steps the weights, optimizer and step go to ``<out>.resume``; a run that
+    finds that file (from the same recipe) continues from it, with a new image order; the file is
+    removed once the model is written."""
     torch.manual_seed(seed)
     model = build_parsing_net(pretrained=pretrained).to(device).train()  # uncached weights fail before anything runs
     pairs = lip.read(root, "train")
-    images = LipImages(pairs, recipe.input_size, flip=recipe.flip)
-    sampler = RandomSampler(images, num_samples=recipe.iterations * recipe.batch_size)  # reshuffled each pass
-    loader = DataLoader(images, batch_size=recipe.batch_size, sampler=sampler, drop_last=True, num_workers=workers,
-                        pin_memory=device.type == "cuda", persistent_workers=workers > 0)
     groups = model.param_groups(recipe.backbone_lr, recipe.aspp_lr, recipe.classifier_lr)
     optimizer = torch.optim.SGD(groups, lr=recipe.backbone_lr, momentum=recipe.momentum, nesterov=True,
                                 weight_decay=recipe.weight_decay)
     base = [group["lr"] for group in optimizer.param_groups]
+    resume = Path(out).with_name(Path(out).name + ".resume")
+    start = _resume(resume, model, optimizer, recipe, pretrained, log)
+    images = LipImages(pairs, recipe.input_size, flip=recipe.flip)
+    sampler = RandomSampler(images, num_samples=(recipe.iterations - start) * recipe.batch_size)  # reshuffled each pass
+    loader = DataLoader(images, batch_size=recipe.batch_size, sampler=sampler, drop_last=True, num_workers=workers,
+                        pin_memory=device.type == "cuda", persistent_workers=workers > 0)
     log(f"parsing: training on {len(pairs)} LIP images from {root} for {recipe.iterations} iterations of "
         f"{recipe.batch_size} at {recipe.input_size[0]}x{recipe.input_size[1]} on {device}")
     started = time.perf_counter()
-    for step, (batch, labels) in enumerate(loader):
+    for step, (batch, labels) in enumerate(loader, start=start):
         for group, lr in zip(optimizer.param_groups, base):
             group["lr"] = lr * lr_factor(step, recipe)
         batch, labels = batch.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -154,25 +160,48 @@ def train(recipe: Recipe, root: Path, out: Path, *, device: torch.device, pretra
         if recipe.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
         optimizer.step()
-        if (step + 1) % log_every == 0 or step + 1 == recipe.iterations:
+        done = step + 1
+        if checkpoint_every and done % checkpoint_every == 0 and done < recipe.iterations:
+            _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": done,
+                          "recipe": asdict(recipe), "pretrained": pretrained}, resume)
+        if done % log_every == 0 or done == recipe.iterations:
             value = loss.item()
             if not math.isfinite(value):
-                raise RuntimeError(f"parsing: the loss became non-finite ({value}) at step {step + 1}.")
-            rate = (step + 1) * recipe.batch_size / (time.perf_counter() - started)
-            log(f"parsing: step {step + 1}/{recipe.iterations} loss {value:.4f} "
+                raise RuntimeError(f"parsing: the loss became non-finite ({value}) at step {done}.")
+            rate = (done - start) * recipe.batch_size / (time.perf_counter() - started)
+            log(f"parsing: step {done}/{recipe.iterations} loss {value:.4f} "
                 f"lr {optimizer.param_groups[0]['lr']:.2e} {rate:.1f} img/s")
     save(model, out, recipe, pretrained=pretrained)
+    resume.unlink(missing_ok=True)
     log(f"parsing: model written to {out}")
     return model
 
 
-def save(model: ParsingNet, path: Path, recipe: Recipe, *, pretrained: bool) -> None:
-    path = Path(path)
+def _resume(path: Path, model: ParsingNet, optimizer: torch.optim.Optimizer, recipe: Recipe, pretrained: bool,
+            log: Callable[[str], None]) -> int:
+    """The step to start from: 0, or that of the resume file, whose state is loaded."""
+    if not path.is_file():
+        return 0
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state["recipe"] != asdict(recipe) or state["pretrained"] != pretrained:
+        raise UserError(f"{path} holds a run with another recipe ({state['recipe']}, pretrained {state['pretrained']}); "
+                        f"resume it with the same flags, or delete it to start afresh.")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    log(f"parsing: resuming from step {state['step']} ({path})")
+    return state["step"]
+
+
+def _atomic_save(value: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     scratch = path.with_name(path.name + ".partial")
-    torch.save({"kind": "spreid-parsing", "state_dict": model.state_dict(), "recipe": asdict(recipe),
-                "pretrained": pretrained, "num_labels": model.num_labels}, scratch)
+    torch.save(value, scratch)
     scratch.replace(path)
+
+
+def save(model: ParsingNet, path: Path, recipe: Recipe, *, pretrained: bool) -> None:
+    _atomic_save({"kind": "spreid-parsing", "state_dict": model.state_dict(), "recipe": asdict(recipe),
+                  "pretrained": pretrained, "num_labels": model.num_labels}, Path(path))
 
 
 def load(path: Path, device: torch.device) -> tuple[ParsingNet, Recipe]:

@@ -100,6 +100,9 @@ def _parser() -> argparse.ArgumentParser:
     from harness.catalogue import add_parsers as add_catalogue_parsers
 
     add_catalogue_parsers(sub)
+    from harness.parsing.cli import add_parser as add_parsing_parser
+
+    add_parsing_parser(sub)
     profile = sub.add_parser("profile", help="measure training and inference throughput and GPU use per method",
                              description="Train and infer each (method, variant, backbone) for a few steps on synthetic "
                              "P x K batches at the recipe's input size, and write one profile row each to the store: "

@@ -46,6 +46,9 @@ def _synth(args: argparse.Namespace) -> int:
 
     layout = args.layout if args.layout in LAYOUTS or args.layout not in data.dataset_names() else data.synthetic_layout(args.layout)
     top = write_layout(layout, args.root, ids=args.ids, seed=args.seed)
+    if layout == "lip":
+        print(f"Wrote synthetic LIP ({args.ids} images, seed {args.seed}) to {top}.")
+        return 0
     print(f"Wrote synthetic {layout} ({args.ids} persons, seed {args.seed}) to {top}, cue maps to {args.root / 'cues'}/.")
     return 0
 

@@ -120,6 +120,39 @@ def write_folder(root: Path, *, ids: int, seed: int) -> Path:
     return root
 
 
+def write_lip(root: Path, *, n: int, seed: int) -> Path:
+    """LIP's layout (harness.data.lip): `n` single-person images, a fifth of them (at least one) for
+    validation, with the renderer's exact LIP labels as the annotations. Each crop is rescaled by
+    0.75-1.5 (labels by nearest neighbour), as LIP's images come in many sizes."""
+    from PIL import Image
+
+    from harness.data import lip
+
+    scene, rng = _Scene(seed, 4), np.random.default_rng((seed, 0))
+    val = set(rng.choice(n, max(1, n // 5), replace=False).tolist())
+    ids: dict[str, list[str]] = {"train": [], "val": []}
+    for k in range(n):
+        split = "val" if k in val else "train"
+        (r,) = scene.shots(k, int(rng.integers(4)), 1)
+        scale = float(rng.uniform(0.75, 1.5))
+        size = (round(r.image.shape[1] * scale), round(r.image.shape[0] * scale))
+        name = f"{100 + k}_{int(rng.integers(100000, 1000000))}"
+        for folder, array, resample, suffix in ((f"{lip.IMAGES}/{split}_images", r.image, Image.BILINEAR, ".jpg"),
+                                                (f"{lip.ANNOTATIONS}/{split}_segmentations", r.lip, Image.NEAREST, ".png")):
+            path = root / folder / f"{name}{suffix}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            picture = Image.fromarray(array).resize(size, resample)
+            picture.save(path, **({"quality": syn._JPEG_QUALITY} if suffix == ".jpg" else {}))
+        ids[split].append(name)
+    for split, names in ids.items():
+        (root / lip.IMAGES / f"{split}_id.txt").write_text("".join(f"{name}\n" for name in names))
+    return root
+
+
+def _write_lip(root: Path, *, ids: int, seed: int) -> Path:
+    return write_lip(root, n=ids, seed=seed)
+
+
 def _write_cuhk03(root: Path, *, ids: int, seed: int) -> Path:
     from harness.data.synth_cuhk03 import write_cuhk03
 
@@ -135,6 +168,7 @@ LAYOUTS: dict[str, Callable[..., Path]] = {
     "msmt17-v2": write_msmt17_v2,
     "occluded-reid": write_occluded_reid,
     "folder": write_folder,
+    "lip": _write_lip,  # human parsing, not re-ID: `ids` is its number of images
 }
 
 

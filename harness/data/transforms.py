@@ -42,6 +42,14 @@ for _region, _labels in enumerate((_HEAD, _UPPER, _LOWER, _SHOES), 1):
     _COARSE[list(_labels)] = _region
 
 
+def lip_regions(probabilities: torch.Tensor) -> torch.Tensor:
+    """(..., 20, H, W) LIP label probabilities -> (..., 5, H, W) probabilities of foreground (every
+    label but background), head, upper body, lower body and shoes: the grouping label PNGs get."""
+    region = torch.from_numpy(_COARSE[:probabilities.shape[-3]].astype(np.int64))
+    groups = torch.stack([region > 0] + [region == r for r in range(1, 5)]).to(probabilities)
+    return torch.einsum("rl,...lhw->...rhw", groups, probabilities)
+
+
 class CueTransform:
     """(uint8 image (3, H, W), raw cues from cues.load_cue) -> (normalised image, cue tensors)."""
 

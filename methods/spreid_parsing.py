@@ -1,0 +1,181 @@
+"""SPReID's human semantic parsing network (Kalayeh et al., CVPR 2018, §3.2): Inception-V3* + ASPP.
+
+Built from torchvision's Inception-V3 modules and weights, with the paper's changes:
+
+- "we change the stride of the last grid reduction module in the Inception-V3 from 2 to 1
+  resulting in an output stride of 16": Mixed_7a runs at stride 1.
+- "corresponding convolution filters are replaced with the dilated convolution": every
+  convolution of "the last Inception block" is dilated with rate 2. §3.1 counts "three blocks of
+  Inception layers separated by two grid reduction modules", so the last block is Mixed_7b and
+  Mixed_7c together (a k x 1 or 1 x k filter is dilated along its long side only). As in DeepLab,
+  the formerly strided convolutions of Mixed_7a itself keep rate 1.
+- "We then remove the global average pooling and add an atrous spatial pyramid pooling
+  (rates=3,6,9,12)[7] followed by a 1 x 1 convolution layer as the classifier." Reference [7] is
+  DeepLab-v3, so the ASPP is v3's: parallel 3 x 3 atrous convolutions (256 filters, BatchNorm, ReLU),
+  one per rate, concatenated and projected by a 1 x 1 convolution (256, BatchNorm, ReLU); the
+  classifier is then a 1 x 1 convolution to LIP's 20 labels. v3's extra 1 x 1 and image-pooling
+  branches are left out: the paper lists only the four rates. (The rates are DeepLab-v2's
+  6, 12, 18, 24 at output stride 8, halved for output stride 16.)
+
+Choices the paper leaves open, taken here:
+
+- torchvision's Inception-V3 convolves and pools without padding in its stem and grid
+  reductions, so its maps are slightly smaller than 1/2, 1/4 ... of the input. Those layers get
+  padding 1 here ("same" padding, as DeepLab's TF models use), so the final map is exactly
+  ceil(H/16) x ceil(W/16) and the logits, upsampled bilinearly to the input, line up with the
+  labels. The weights are unchanged; torchvision's grid-reduction blocks pool with a functional
+  max-pool, so `_GridReduction` restates their three-branch forward with its own pool.
+- Without ImageNet weights the layers keep PyTorch's default initialisation (torchvision's
+  truncated-normal one takes seconds and matters only for training from scratch).
+- Inputs are ImageNet-normalised (as everywhere in reidbench) and mapped to the [-1, 1] range
+  Google's Inception weights were trained on, as torchvision does with ``transform_input``.
+
+Not a re-ID method, so not registered: harness.parsing trains and evaluates it on LIP and
+writes the 5-region parsing cue maps that SPReID pools with.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torchvision.models import inception
+
+from methods.backbones import MissingWeights
+
+NUM_LIP_LABELS = 20
+ASPP_RATES = (3, 6, 9, 12)
+ASPP_CHANNELS = 256
+_WEIGHTS = torchvision.models.Inception_V3_Weights.IMAGENET1K_V1
+_MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+_REDUCTION_BRANCHES = {  # torchvision's grid reductions: their convolution branches, in concatenation order
+    inception.InceptionB: (("branch3x3",), ("branch3x3dbl_1", "branch3x3dbl_2", "branch3x3dbl_3")),
+    inception.InceptionD: (("branch3x3_1", "branch3x3_2"), ("branch7x7x3_1", "branch7x7x3_2", "branch7x7x3_3", "branch7x7x3_4")),
+}
+
+
+class _GridReduction(nn.Module):
+    """A torchvision grid-reduction block (InceptionB or InceptionD) run at `stride` with `padding`
+    on its strided 3 x 3 convolutions and its max-pool; the block's weights are used as they are."""
+
+    def __init__(self, block: nn.Module, *, stride: int, padding: int):
+        super().__init__()
+        self.block, self.stride, self.padding = block, stride, padding
+        self.branches = _REDUCTION_BRANCHES[type(block)]
+        for names in self.branches:
+            last = getattr(block, names[-1]).conv
+            last.stride, last.padding = (stride, stride), (padding, padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outputs = []
+        for names in self.branches:
+            y = x
+            for name in names:
+                y = getattr(self.block, name)(y)
+            outputs.append(y)
+        outputs.append(F.max_pool2d(x, kernel_size=3, stride=self.stride, padding=self.padding))
+        return torch.cat(outputs, 1)
+
+
+def _dilate(block: nn.Module, rate: int) -> None:
+    """Dilate every k x k, 1 x k and k x 1 convolution of `block` along its long side(s), keeping its size."""
+    for conv in block.modules():
+        if isinstance(conv, nn.Conv2d):
+            kh, kw = conv.kernel_size
+            conv.dilation = (rate if kh > 1 else 1, rate if kw > 1 else 1)
+            conv.padding = (conv.dilation[0] * (kh - 1) // 2, conv.dilation[1] * (kw - 1) // 2)
+
+
+def _inception_v3_os16(net: torchvision.models.Inception3) -> nn.Sequential:
+    """Inception-V3* of SPReID Figure 1: output stride 16, last block dilated, no pooling or classifier."""
+    for conv in (net.Conv2d_1a_3x3, net.Conv2d_2a_3x3, net.Conv2d_4a_3x3):
+        conv.conv.padding = (1, 1)
+    for pool in (net.maxpool1, net.maxpool2):
+        pool.padding = 1
+    for block in (net.Mixed_7b, net.Mixed_7c):
+        _dilate(block, 2)
+    return nn.Sequential(
+        net.Conv2d_1a_3x3, net.Conv2d_2a_3x3, net.Conv2d_2b_3x3, net.maxpool1,
+        net.Conv2d_3b_1x1, net.Conv2d_4a_3x3, net.maxpool2,
+        net.Mixed_5b, net.Mixed_5c, net.Mixed_5d,
+        _GridReduction(net.Mixed_6a, stride=2, padding=1),
+        net.Mixed_6b, net.Mixed_6c, net.Mixed_6d, net.Mixed_6e,
+        _GridReduction(net.Mixed_7a, stride=1, padding=1),
+        net.Mixed_7b, net.Mixed_7c,
+    )
+
+
+class ASPP(nn.Module):
+    """DeepLab-v3's atrous spatial pyramid pooling: one 3 x 3 atrous branch per rate, concatenated, projected."""
+
+    def __init__(self, in_channels: int, rates: tuple[int, ...] = ASPP_RATES, channels: int = ASPP_CHANNELS):
+        super().__init__()
+
+        def unit(cin: int, kernel: int, rate: int) -> nn.Sequential:
+            conv = nn.Conv2d(cin, channels, kernel, padding=rate * (kernel - 1) // 2, dilation=rate, bias=False)
+            return nn.Sequential(conv, nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+
+        self.branches = nn.ModuleList(unit(in_channels, 3, r) for r in rates)
+        self.project = unit(len(rates) * channels, 1, 1)
+        self.out_channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(torch.cat([branch(x) for branch in self.branches], 1))
+
+
+class ParsingNet(nn.Module):
+    """Inception-V3* -> ASPP -> 1 x 1 classifier; `forward` gives per-pixel logits over LIP's 20 labels."""
+
+    output_stride = 16
+
+    def __init__(self, backbone: nn.Sequential, num_labels: int = NUM_LIP_LABELS):
+        super().__init__()
+        self.backbone = backbone
+        self.aspp = ASPP(2048)
+        self.classifier = nn.Conv2d(self.aspp.out_channels, num_labels, 1)
+        self.num_labels = num_labels
+        self.register_buffer("_scale", torch.tensor(_STD).view(1, 3, 1, 1) / 0.5, persistent=False)
+        self.register_buffer("_shift", (torch.tensor(_MEAN).view(1, 3, 1, 1) - 0.5) / 0.5, persistent=False)
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The backbone's (N, 2048, ceil(H/16), ceil(W/16)) map of ImageNet-normalised images."""
+        return self.backbone(images * self._scale + self._shift)
+
+    def coarse_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 20, ceil(H/16), ceil(W/16)) logits, before upsampling."""
+        return self.classifier(self.aspp(self.forward_features(images)))
+
+    def forward(self, images: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """(N, 20, H, W) logits, upsampled bilinearly to `size` (default: the input's)."""
+        return F.interpolate(self.coarse_logits(images), size=size or images.shape[-2:], mode="bilinear", align_corners=False)
+
+    def param_groups(self, backbone_lr: float, aspp_lr: float, classifier_lr: float) -> list[dict]:
+        """SPReID §5: "initial learning rates for the Inception-V3 backbone, atrous spatial pyramid
+        pooling and the 1 x 1 convolution layer are respectively set to 0.01, 0.1 and 0.1"."""
+        return [{"params": list(self.backbone.parameters()), "lr": backbone_lr, "name": "backbone"},
+                {"params": list(self.aspp.parameters()), "lr": aspp_lr, "name": "aspp"},
+                {"params": list(self.classifier.parameters()), "lr": classifier_lr, "name": "classifier"}]
+
+
+def pretrained_file():
+    """torchvision's ImageNet Inception-V3 weights in torch's hub cache, by the rule of methods.backbones."""
+    from pathlib import Path
+
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(_WEIGHTS.url).name
+    if not cached.is_file():
+        raise MissingWeights(
+            f"ImageNet weights for the parsing model's Inception-V3 are not cached: expected {cached}. Download "
+            f"{_WEIGHTS.url} into that folder on a machine with internet (compute nodes are often offline), "
+            f"or train with --no-pretrained."
+        )
+    return cached
+
+
+def build_parsing_net(*, pretrained: bool = True, num_labels: int = NUM_LIP_LABELS) -> ParsingNet:
+    """SPReID's parsing model; ImageNet weights from the local cache only, never downloaded."""
+    net = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False)
+    if pretrained:
+        state = torch.load(pretrained_file(), map_location="cpu", weights_only=True)
+        net.load_state_dict({k: v for k, v in state.items() if not k.startswith("AuxLogits.")})
+    return ParsingNet(_inception_v3_os16(net), num_labels)

@@ -42,12 +42,10 @@ import torchvision
 from torch import nn
 from torchvision.models import inception
 
-from methods.backbones import MissingWeights
 
 NUM_LIP_LABELS = 20
 ASPP_RATES = (3, 6, 9, 12)
 ASPP_CHANNELS = 256
-_WEIGHTS = torchvision.models.Inception_V3_Weights.IMAGENET1K_V1
 _MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _REDUCTION_BRANCHES = {  # torchvision's grid reductions: their convolution branches, in concatenation order
     inception.InceptionB: (("branch3x3",), ("branch3x3dbl_1", "branch3x3dbl_2", "branch3x3dbl_3")),
@@ -159,17 +157,11 @@ class ParsingNet(nn.Module):
 
 
 def pretrained_file():
-    """torchvision's ImageNet Inception-V3 weights in torch's hub cache, by the rule of methods.backbones."""
-    from pathlib import Path
+    """torchvision's ImageNet Inception-V3 weights: the `inception_v3` backbone's file, in the same cache
+    (`reidbench weights fetch inception_v3` fetches it)."""
+    from methods.backbones import pretrained_weights_file
 
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(_WEIGHTS.url).name
-    if not cached.is_file():
-        raise MissingWeights(
-            f"ImageNet weights for the parsing model's Inception-V3 are not cached: expected {cached}. Download "
-            f"{_WEIGHTS.url} into that folder on a machine with internet (compute nodes are often offline), "
-            f"or train with --no-pretrained."
-        )
-    return cached
+    return pretrained_weights_file("inception_v3")
 
 
 def build_parsing_net(*, pretrained: bool = True, num_labels: int = NUM_LIP_LABELS) -> ParsingNet:

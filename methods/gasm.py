@@ -145,12 +145,10 @@ class GASM(nn.Module):
         return torch.cat([global_feature, local.flatten(1), heat], dim=1)
 
     def unpack(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(global (N, D), local (N, L, D), heatmap (N, L)) views of packed rows."""
-        d, n_loc = self.dim, self.locations
         if rows.shape[1] != self.embedding_dim:
             raise ValueError(f"gasm distance: rows of {rows.shape[1]} values, expected {self.embedding_dim} "
-                             f"(D = {d}, grid {self.grid[0]}x{self.grid[1]})")
-        return rows[:, :d], rows[:, d : d * (n_loc + 1)].view(-1, n_loc, d), rows[:, d * (n_loc + 1) :]
+                             f"(D = {self.dim}, grid {self.grid[0]}x{self.grid[1]})")
+        return unpack(rows, self.dim, self.locations)
 
     def distance(self, query: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
         """(len(query), len(gallery)) distances between packed rows (see the module docstring)."""
@@ -169,11 +167,18 @@ class GASM(nn.Module):
         return terms
 
 
+def unpack(rows: torch.Tensor, dim: int, locations: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(global (N, D), local (N, L, D), heatmap (N, L)) views of packed rows."""
+    return rows[:, :dim], rows[:, dim : dim * (locations + 1)].view(-1, locations, dim), rows[:, dim * (locations + 1) :]
+
+
 def gasm_distance(q_global: torch.Tensor, q_local: torch.Tensor, q_heat: torch.Tensor,
                   g_global: torch.Tensor, g_local: torch.Tensor, g_heat: torch.Tensor | None = None) -> torch.Tensor:
     """``(d_global + sum_l S_q[l] (1 - max_m cos(q_l, g_m))) / 2`` for every query-gallery pair.
 
-    Inputs are unit vectors (global (N, D), local (N, L, D)) and query heatmaps summing to 1 (N, L).
+    Inputs are unit vectors (global (N, D), local (N, L, D)) and query heatmaps summing to 1 (N, L);
+    the gallery's heatmap is accepted and unused, as eq. 4 weights by the query's only, which also
+    makes the distance asymmetric.
     The similarities are computed block by block (one GEMM of query-block locations against
     gallery-block locations), so beside the result the working set is about ``_SIM_BUDGET`` floats.
     """
@@ -190,7 +195,7 @@ def gasm_distance(q_global: torch.Tensor, q_local: torch.Tensor, q_heat: torch.T
             nq = q.shape[0]
             sims = q.reshape(nq * n_loc, dim) @ g.T  # (nq L, ng L)
             best = sims.view(nq, n_loc, ng, n_loc).amax(dim=3)  # each query location's best match
-            out[qs : qs + nq, gs : gs + ng] = torch.einsum("ql,qlg->qg", q_heat[qs : qs + nq], best)
+            out[qs : qs + nq, gs : gs + ng] = torch.bmm(q_heat[qs : qs + nq, None], best).squeeze(1)
     # weighted local distance = 1 - weighted best similarity (the weights sum to 1)
     local = out.neg_().add_(1.0)
     return local.add_(1.0 - q_global @ g_global.T).mul_(0.5).clamp_(min=0.0)

@@ -58,7 +58,7 @@ Where the paper is silent or ambiguous, and what is done here:
 The eval output packs what the distance needs, one row per image, ``L = grid[0] * grid[1]``:
 ``[global feature (D) | L local features (L x D, location-major) | heatmap (L)]``, features
 L2-normalised and the heatmap summing to 1; ``embedding_dim = D (L + 1) + L`` (D = 2048 on ResNet-50:
-28,684 floats with the default grid). With ``matching = "global"`` it is the normalised global feature
+26,636 floats with the default grid). With ``matching = "global"`` it is the normalised global feature
 alone (D).
 """
 

@@ -147,6 +147,14 @@ def test_mask_cue_is_average_pooled_to_the_feature_map():
     assert torch.equal(target[0, 0], torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 0.0], [0.0, 0.0]]))
 
 
+@pytest.mark.parametrize("last_stride,size,stride,feature_map", [(2, (128, 64), 32, (4, 2)), (1, (100, 50), 16, (7, 4))])
+def test_pose_targets_come_at_the_feature_maps_size(last_stride, size, stride, feature_map):
+    model = small("pose", last_stride=last_stride)
+    cues = random_cues(["pose"], 2, size, heatmap_stride=stride)  # (100, 50): a 6x3 cue, resized
+    outputs = model(torch.randn(2, 3, *size), cues)
+    assert outputs["targets"]["pose"].shape == outputs["heatmaps"]["pose"].shape == (2, 13, *feature_map)
+
+
 def test_saliency_fuses_the_normalised_maps_and_the_baseline_pools_evenly():
     mask = torch.tensor([[[[1.0, 0.0], [1.0, 2.0]]]])  # sums to 4
     pose = torch.zeros(1, 13, 2, 2)

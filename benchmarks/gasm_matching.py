@@ -37,8 +37,9 @@ SIZES = {"market": (3368, 15913, 750)}  # queries, gallery images, test identiti
 CAMERAS = 6
 
 
-def make_problem(num_q: int, num_g: int, ids: int, dim: int, grid: tuple[int, int], seed: int = 0):
-    """Packed GASM rows for queries and gallery, and their labels (pid 0: distractors, -1: junk)."""
+def make_problem(num_q: int, num_g: int, ids: int, dim: int, grid: tuple[int, int], *, global_only: bool = False, seed: int = 0):
+    """Packed GASM rows for queries and gallery (or, from the same draws, only their global features:
+    what a plain method stores), and their labels (pid 0: distractors, -1: junk)."""
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     n_loc = grid[0] * grid[1]
@@ -50,7 +51,7 @@ def make_problem(num_q: int, num_g: int, ids: int, dim: int, grid: tuple[int, in
     cam_offset = torch.randn(CAMERAS, dim, generator=gen)
 
     def rows(pids, cams):
-        out = torch.empty(len(pids), dim * (n_loc + 1) + n_loc)
+        out = torch.empty(len(pids), dim if global_only else dim * (n_loc + 1) + n_loc)
         for s in range(0, len(pids), 1024):
             p, c = torch.from_numpy(np.maximum(pids[s : s + 1024], 0)), torch.from_numpy(cams[s : s + 1024])
             n = len(p)
@@ -61,8 +62,9 @@ def make_problem(num_q: int, num_g: int, ids: int, dim: int, grid: tuple[int, in
             shift = int(torch.randint(0, grid[0], (), generator=gen))
             local = torch.roll(local, shift, dims=1).reshape(n, n_loc, dim) * 0.15 + torch.randn(n, n_loc, dim, generator=gen)
             heat = torch.rand(n, n_loc, generator=gen)
-            out[s : s + n] = torch.cat([F.normalize(glob, dim=1), F.normalize(local, dim=2).flatten(1),
-                                        heat / heat.sum(dim=1, keepdim=True)], dim=1)
+            packed = torch.cat([F.normalize(glob, dim=1), F.normalize(local, dim=2).flatten(1),
+                                heat / heat.sum(dim=1, keepdim=True)], dim=1)
+            out[s : s + n] = packed[:, : out.shape[1]]
         return out
 
     return rows(q_pids, q_cams), rows(g_pids, g_cams), (q_pids, g_pids, q_cams, g_cams)
@@ -74,10 +76,9 @@ def child(task: str, size: str, scale: float, dim: int, grid: tuple[int, int]) -
     from methods.gasm import gasm_distance, unpack
 
     num_q, num_g, ids = (max(1, int(x * scale)) for x in SIZES[size])
-    q, g, labels = make_problem(num_q, num_g, ids, dim, grid)
+    q, g, labels = make_problem(num_q, num_g, ids, dim, grid, global_only=task == "euclidean")
     n_loc = grid[0] * grid[1]
     if task == "euclidean":
-        q, g = q[:, :dim].clone(), g[:, :dim].clone()  # the global features alone, as a plain method has
         metric = "euclidean"
     else:
         metric = lambda a, b: gasm_distance(*unpack(a, dim, n_loc), *unpack(b, dim, n_loc))  # noqa: E731

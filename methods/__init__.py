@@ -70,3 +70,4 @@ def create_model(method: str, *, backbone: str, num_classes: int, variant: str |
 
 
 from methods import baseline as baseline  # noqa: E402,F401  (registers its method)
+from methods import dsa_reid as dsa_reid  # noqa: E402,F401  (registers its method)

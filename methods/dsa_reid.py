@@ -239,11 +239,11 @@ class DsaReid(nn.Module):
         self.dsag = DsagStream(width, use_global=use_global, use_local=use_local) if dsag else None
         self.use_global, self.use_local, self.fusion, self.test = use_global, use_local, fusion, test
         self.width = width
-        if fusion == "concat-fc":
-            self.fuse_g = nn.Linear(2 * width, width) if use_global else None
-            self.fuse_l = nn.Linear(2 * width, width) if use_local else None
-        elif fusion != "add":
+        if fusion not in ("add", "concat-fc"):
             raise ValueError(f"fusion must be 'add' or 'concat-fc', not {fusion!r}")
+        concat = fusion == "concat-fc" and dsag
+        self.fuse_g = nn.Linear(2 * width, width) if concat and use_global else None
+        self.fuse_l = nn.Linear(2 * width, width) if concat and use_local else None
         self.id_fg = Classifier(width, num_classes) if use_global else None
         self.id_zg = Classifier(width, num_classes) if use_global else None
         self.id_fl = nn.ModuleList(Classifier(width // NUM_PARTS, num_classes) for _ in range(NUM_PARTS)) if use_local else None
@@ -263,8 +263,8 @@ class DsaReid(nn.Module):
         """(fG, fL, zG, zL); a branch that is not used is None, and z = f without the DSAG-Stream."""
         fg, fl = self.mf_head(self.trunk(images))
         dg, dl = self.dsag(cues[self.train_cues[0]]) if with_dsag else (None, None)
-        zg = self._fuse(fg, dg, getattr(self, "fuse_g", None)) if fg is not None else None
-        zl = self._fuse(fl, dl, getattr(self, "fuse_l", None)) if fl is not None else None
+        zg = self._fuse(fg, dg, self.fuse_g) if fg is not None else None
+        zl = self._fuse(fl, dl, self.fuse_l) if fl is not None else None
         return fg, fl, zg, zl
 
     def forward(self, images: torch.Tensor, cues: dict[str, torch.Tensor] | None = None):

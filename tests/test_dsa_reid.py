@@ -64,17 +64,17 @@ def test_dsag_stream_follows_table_1_and_scales_its_head_with_the_backbone():
 
 def test_training_fuses_the_streams_by_addition_or_concatenation():
     model = build("full").train()
-    images, cues = torch.randn(4, 3, 64, 32), {"densepose": torch.randn(4, 24, 3, 32, 32)}
+    images, cues = torch.randn(2, 3, 64, 32), {"densepose": torch.randn(2, 24, 3, 32, 32)}
     torch.manual_seed(1)
     fg, fl, zg, zl = model.forward_features(images, cues, with_dsag=True)
     model.train()
     torch.manual_seed(1)
     dg, dl = model.dsag(cues["densepose"])
-    assert fg.shape == fl.shape == (4, 512)
+    assert fg.shape == fl.shape == (2, 512)
     assert torch.allclose(zg, fg + dg, atol=1e-5) and torch.allclose(zl, fl + dl, atol=1e-5)
     concat = build("concat-fc").train()
     fg, fl, zg, zl = concat.forward_features(images, cues, with_dsag=True)
-    assert zg.shape == (4, 512) and concat.fuse_g.in_features == 1024
+    assert zg.shape == (2, 512) and concat.fuse_g.in_features == 1024
 
 
 def test_inference_needs_only_the_mf_stream():

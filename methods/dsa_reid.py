@@ -15,7 +15,8 @@ Choices where the paper is silent or ambiguous, with the sentence each rests on:
 
 - Part grouping (Fig. 4, "we element-wisely add the features" of "a pair of left-right symmetric
   parts", then "the two branches corresponding to the front-back symmetric parts"). DensePose's
-  part indices (Guler et al. 2018; the DensePose-COCO notebook): 1, 2 torso back, front; 3, 4
+  part indices (facebookresearch/DensePose, challenge/2019_COCO_DensePose/data_format.md, whose
+  patch pairs split a limb into its back and front): 1, 2 torso back, front; 3, 4
   right, left hand; 5, 6 left, right foot; 7, 9 right upper leg and 8, 10 left upper leg (back,
   front); 11, 13 and 12, 14 the lower legs likewise; 15, 17 left and 16, 18 right upper arm;
   19, 21 left and 20, 22 right lower arm; 23, 24 right, left head. 24 -> 13 adds each left-right

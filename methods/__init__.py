@@ -70,6 +70,7 @@ def create_model(method: str, *, backbone: str, num_classes: int, variant: str |
 
 
 from methods import baseline as baseline  # noqa: E402,F401  (registers its method)
+from methods import dsa_reid as dsa_reid  # noqa: E402,F401
 from methods import gasm as gasm  # noqa: E402,F401
 from methods import scsn as scsn  # noqa: E402,F401
 from methods import spreid as spreid  # noqa: E402,F401

@@ -18,6 +18,9 @@ pose        .txt         13 lines ``x y score`` in pixels (x right, y down; scor
 mask        .png         8-bit person-mask probability, 255 = person (GASM)
 ==========  ===========  ===========================================================================
 
+A derived cue is read from another cue's files and given another form by the transforms:
+``densepose-crops`` reads the densepose IUV and becomes 24 part crops (DSA-reID's CSA), not DSAP images.
+
 Loading returns the raw arrays at image size; harness.data.transforms turns them into tensors.
 """
 
@@ -37,6 +40,7 @@ KEYPOINTS = ("head", "left_shoulder", "right_shoulder", "left_elbow", "right_elb
              "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle")
 NUM_LIP_LABELS = 20
 NUM_DENSEPOSE_PARTS = 24
+DERIVED = {"densepose-crops": "densepose"}  # derived cue -> the cue whose files it is read from
 
 
 class CueError(UserError):
@@ -47,8 +51,8 @@ def check_names(cues, where: str) -> tuple[str, ...]:
     from harness.errors import closest
 
     for cue in cues:
-        if cue not in CUES:
-            raise UserError(f"{where}: unknown cue {cue!r}; {closest(cue, CUES)}")
+        if cue not in CUES and cue not in DERIVED:
+            raise UserError(f"{where}: unknown cue {cue!r}; {closest(cue, (*CUES, *DERIVED))}")
     return tuple(cues)
 
 
@@ -61,6 +65,7 @@ def cue_path(root: Path, cue: str, key: str) -> Path:
 
 def load_cue(root: Path, cue: str, key: str, size: tuple[int, int]) -> np.ndarray:
     """The raw cue of an image of `size` (height, width); any problem is a CueError naming the file."""
+    cue = DERIVED.get(cue, cue)
     path = cue_path(root, cue, key)
     if not path.is_file():
         raise CueError(f"cue {cue}: missing file {path} (expected for image {key}; formats in harness/data/cues.py).")

@@ -15,6 +15,8 @@ saliency    (1, H, W) in [0, 1]    saliency at input resolution
 parsing     (5, H, W)              foreground, head, upper body, lower body, shoes, each
                                    channel l1-normalised (sums to 1; all-zero if absent)
 densepose   (24, 3, 32, 32)        DSA-reID's DSAP images, normalised like the image
+densepose-  (24, 3, 32, 32)        each DensePose part's bounding box in the image, resized
+crops                              (DSA-reID's CSA); mean colour where a part is absent
 pose        (13, H/s, W/s)         Gaussian heatmaps (sigma 1 cell, peak = keypoint score) at
                                    the feature-map size, s = `heatmap_stride` (16 by default)
 mask        (1, H, W) in [0, 1]    person-mask probability
@@ -67,7 +69,12 @@ class CueTransform:
             out["densepose"] = dsap_images(image.float() / 255, iuv)
             if flip:
                 out["densepose"] = out["densepose"][torch.from_numpy(DENSEPOSE_FLIP[1:] - 1)]
-        maps = _as_tensors({name: value for name, value in cues.items() if name != "densepose"})
+        if "densepose-crops" in cues:
+            iuv = torch.from_numpy(np.ascontiguousarray(cues["densepose-crops"].transpose(2, 0, 1)))
+            out["densepose-crops"] = part_crops(image.float() / 255, iuv)
+            if flip:  # the mirrored person's part i is the mirror image of the partner's crop
+                out["densepose-crops"] = out["densepose-crops"][torch.from_numpy(DENSEPOSE_FLIP[1:] - 1)].flip(-1)
+        maps = _as_tensors({name: value for name, value in cues.items() if not name.startswith("densepose")})
         image, maps = _resize(image, maps, self.size)
         if flip:
             image, maps = _hflip(image, maps)
@@ -173,6 +180,26 @@ def dsap_images(pixels: torch.Tensor, iuv: torch.Tensor, size: int = DSAP_SIZE) 
     return (out - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
 
 
+def part_crops(pixels: torch.Tensor, iuv: torch.Tensor, size: int = DSAP_SIZE) -> torch.Tensor:
+    """DSA-reID's CSA input: for each DensePose part 1..24 its bounding box in the image, resized to
+    size x size (bilinear, roi_align), background inside the box included; an absent part is the
+    image's mean colour, as an empty DSAP image is. Normalised like the image."""
+    from torchvision.ops import roi_align
+
+    part = iuv[0].long()
+    present = torch.zeros(24, dtype=torch.bool)
+    boxes = torch.zeros(24, 4)
+    for p in torch.unique(part[part > 0]).tolist():
+        ys, xs = torch.nonzero(part == p, as_tuple=True)
+        boxes[p - 1] = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32)
+        present[p - 1] = True
+    out = pixels.mean(dim=(1, 2))[None, :, None, None].repeat(24, 1, size, size)
+    if present.any():
+        rois = torch.cat([torch.zeros(int(present.sum()), 1), boxes[present]], dim=1)
+        out[present] = roi_align(pixels[None], rois, output_size=size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    return (out - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
+
+
 def heatmaps(keypoints: torch.Tensor, size: tuple[int, int], stride: int, sigma: float = 1.0) -> torch.Tensor:
     """One Gaussian per keypoint on the (H/stride, W/stride) grid of an input of `size`, peak = its score (0: none)."""
     h, w = int(size[0]) // stride, int(size[1]) // stride
@@ -192,6 +219,7 @@ def random_cues(names, batch_size: int, size: tuple[int, int], *, heatmap_stride
         "mask": lambda: torch.rand(batch_size, 1, h, w, generator=generator),
         "parsing": lambda: _l1(torch.rand(batch_size * 5, h, w, generator=generator)).view(batch_size, 5, h, w),
         "densepose": lambda: torch.randn(batch_size, 24, 3, DSAP_SIZE, DSAP_SIZE, generator=generator),
+        "densepose-crops": lambda: torch.randn(batch_size, 24, 3, DSAP_SIZE, DSAP_SIZE, generator=generator),
         "pose": lambda: torch.rand(batch_size, 13, h // heatmap_stride, w // heatmap_stride, generator=generator),
     }
     unknown = [n for n in names if n not in makers]

@@ -214,8 +214,8 @@ def load_spec(path: str | Path, *, _including: tuple[Path, ...] = ()) -> Spec:
     """Parse and validate a spec file; every problem is a UserError naming the file and line.
 
     A spec may instead list other specs, ``include = ["a.toml", "b.toml"]`` (paths relative to it):
-    its cells are theirs, each keeping its own grid name and recipe, a cell listed twice counted
-    once; the including file's [resources], [slurm] and [ray] apply to all of them.
+    its cells (and [[combine]] combinations) are theirs, each keeping its own grid name and recipe,
+    a cell listed twice counted once; the including file's [resources], [slurm] and [ray] apply to all of them.
     """
     path = Path(path)
     try:
@@ -308,18 +308,23 @@ class _SpecParser:
         self._check_keys(grid, ("name",), table="grid")
         name = self._value(grid, "grid", "name", str, default=self.path.stem)
         cells: dict[str, Cell] = {}
+        combinations: dict[str, Any] = {}
         for file in files:
             included = self.path.parent / file
             if not included.is_file():
                 self._fail(f"include: there is no spec {file!r} (looked for {included})", table="", key="include", value=file)
             if included.resolve() in self.including:
                 self._fail(f"include: {file!r} includes this spec again (a cycle)", table="", key="include", value=file)
-            for cell in load_spec(included, _including=self.including).cells:
+            spec = load_spec(included, _including=self.including)
+            for cell in spec.cells:
                 cells.setdefault(cell.id, cell)
+            for combination in spec.combinations:
+                combinations.setdefault(combination.id, combination)
         resources = self._dataclass(Resources, "resources")
         self._check_resources(resources)
         slurm, ray = self._dataclass(SlurmConfig, "slurm"), self._dataclass(RayConfig, "ray")
-        return Spec(path=self.path, name=name, cells=tuple(cells.values()), resources=resources, slurm=slurm, ray=ray)
+        return Spec(path=self.path, name=name, cells=tuple(cells.values()), resources=resources, slurm=slurm, ray=ray,
+                    combinations=tuple(combinations.values()))
 
     # -- pieces ---------------------------------------------------------------------------------
 

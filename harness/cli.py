@@ -209,7 +209,12 @@ def _prepare_data(cells, world_size: int) -> None:
                 loaded[config.name, roots[config.name]] = data.load_dataset(config.name, roots[config.name])
                 kind = "synthetic" if config.synthetic else "real"
                 print(f"dataset {config.name} ({kind}): {roots[config.name]}", flush=True)
-        train = loaded[cell.train_dataset, roots[cell.train_dataset]]
+        from harness.data.union import members
+
+        ids = {cell.train_dataset: sum(loaded[m, roots[m]].num_train_ids for m in members(cell.train_dataset))}
+        if cell.finetune_dataset:  # [grid] finetune_datasets: phases with on = "finetune" train on it
+            ids[cell.finetune_dataset] = loaded[cell.finetune_dataset, roots[cell.finetune_dataset]].num_train_ids
+        fewest = min(ids, key=ids.get)
         if cell.train.pretrained:
             from methods.backbones import MissingWeights, pretrained_weights_file
 
@@ -218,10 +223,10 @@ def _prepare_data(cells, world_size: int) -> None:
             except MissingWeights as err:
                 raise UserError(str(err)) from None
         p = cell.train.ids_per_batch
-        if p > train.num_train_ids or p % world_size:
+        if p > ids[fewest] or p % world_size:
             raise UserError(
-                f"[train] ids_per_batch = {p} must be at most the {train.num_train_ids} training identities of "
-                f"{cell.train_dataset} and divisible by [resources] world_size = {world_size}."
+                f"[train] ids_per_batch = {p} must be at most the {ids[fewest]} training identities of "
+                f"{fewest} and divisible by [resources] world_size = {world_size}."
             )
 
 

@@ -237,6 +237,7 @@ on = "finetune"
 ids = 16
 
 [resources]
+world_size = 2                    # real DDP (gloo): clipping after the all-reduce, phases on every rank
 device = "cpu"
 """
 
@@ -266,3 +267,16 @@ def test_union_then_finetune_phase_end_to_end(cache, tmp_path):
         ("train", 10, [32, 16], 0.01), ("finetune", 10, [64, 32], 0.001)]
     config = json.loads(rows[0]["config"])["cell"]
     assert config["finetune_dataset"] == "market1501" and config["train"]["grad_clip"] == 2.0
+
+
+def test_the_batch_must_fit_the_smallest_training_set_before_anything_runs(cache, tmp_path, capsys):
+    from harness.cli import _prepare_data
+
+    spec_path = tmp_path / "big.toml"
+    spec_path.write_text(textwrap.dedent(RESUME_SPEC).replace("ids_per_batch = 4", "ids_per_batch = 12"))
+    (cell,) = load_spec(spec_path).cells
+    with pytest.raises(UserError, match="ids_per_batch = 12 must be at most the 8 training identities of market1501"):
+        _prepare_data([cell], 1)  # the union has 16 identities, its fine-tuning target 8
+    spec_path.write_text(textwrap.dedent(RESUME_SPEC).replace("ids_per_batch = 4", "ids_per_batch = 8"))
+    _prepare_data(list(load_spec(spec_path).cells), 1)
+    assert "dataset dukemtmc (synthetic)" in capsys.readouterr().out

@@ -4,6 +4,8 @@ A spec names lists of methods, backbones, training datasets and seeds; their pro
 grid, one cell per combination. A cell's id is a short hash of its resolved configuration, so the
 same experiment has the same id in every spec that contains it, whatever the key order or whether
 defaults are spelled out. How a cell is run (executor, world size, device) is not part of its id.
+A training dataset may be a union "a+b+c" and a grid may add fine-tuning targets; `[train]` may
+split training into `[[train.phases]]` (see harness/schedule.py and harness/data/union.py).
 """
 
 from __future__ import annotations

@@ -233,13 +233,18 @@ def _prepare_data(cells, world_size: int) -> None:
                 loaded[config.name, roots[config.name]] = data.load_dataset(config.name, roots[config.name])
                 kind = "synthetic" if config.synthetic else "real"
                 print(f"dataset {config.name} ({kind}): {roots[config.name]}", flush=True)
-        train = loaded[cell.train_dataset, roots[cell.train_dataset]]
+        from harness.data.union import members
+
+        ids = {cell.train_dataset: sum(loaded[m, roots[m]].num_train_ids for m in members(cell.train_dataset))}
+        if cell.finetune_dataset:  # [grid] finetune_datasets: phases with on = "finetune" train on it
+            ids[cell.finetune_dataset] = loaded[cell.finetune_dataset, roots[cell.finetune_dataset]].num_train_ids
+        fewest = min(ids, key=ids.get)
         _check_cues(cell, roots)
         p = cell.train.ids_per_batch
-        if p > train.num_train_ids or p % world_size:
+        if p > ids[fewest] or p % world_size:
             raise UserError(
-                f"[train] ids_per_batch = {p} must be at most the {train.num_train_ids} training identities of "
-                f"{cell.train_dataset} and divisible by [resources] world_size = {world_size}."
+                f"[train] ids_per_batch = {p} must be at most the {ids[fewest]} training identities of "
+                f"{fewest} and divisible by [resources] world_size = {world_size}."
             )
 
 
@@ -251,11 +256,14 @@ def _check_cues(cell, roots: dict[str, Path]) -> None:
 
     with torch.device("meta"):  # no memory, no initialisation cost: only the declared cues are wanted
         model = create_model(cell.method, variant=cell.variant, backbone=cell.backbone, num_classes=2, pretrained=False,
-                             last_stride=cell.train.last_stride)
+                             last_stride=cell.train.last_stride, **dict(cell.method_options))
     if cell.train.data_on_device and model.train_cues:
         raise UserError(f"[train] data_on_device keeps images only, but {cell.method}:{cell.variant} trains with cue maps "
                         f"({', '.join(model.train_cues)}); set data_on_device = false for this grid.")
-    needs = [(cell.train_dataset, cue) for cue in model.train_cues] + [(d, cue) for d in cell.test_datasets for cue in model.test_cues]
+    from harness.data.union import members
+
+    trained_on = [*members(cell.train_dataset), *([cell.finetune_dataset] if cell.finetune_dataset else [])]
+    needs = [(d, cue) for d in trained_on for cue in model.train_cues] + [(d, cue) for d in cell.test_datasets for cue in model.test_cues]
     for dataset, cue in dict.fromkeys(needs):
         folder = roots[dataset] / "cues" / cue
         if not folder.is_dir():

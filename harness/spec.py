@@ -4,12 +4,15 @@ A spec names lists of methods, backbones, training datasets and seeds; their pro
 grid, one cell per combination. A cell's id is a short hash of its resolved configuration, so the
 same experiment has the same id in every spec that contains it, whatever the key order or whether
 defaults are spelled out. How a cell is run (executor, world size, device) is not part of its id.
+A training dataset may be a union "a+b+c" and a grid may add fine-tuning targets; `[train]` may
+split training into `[[train.phases]]` (see harness/schedule.py and harness/data/union.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import itertools
 import json
 import re
@@ -31,6 +34,29 @@ _NOT_IDENTITY = frozenset({
     "keep_embeddings",
 })
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SCHEDULES = ("step", "cosine", "exponential")  # see harness/schedule.py
+PHASE_DATASETS = ("train", "finetune")  # what a [[train.phases]] entry trains on (`on`)
+# [train] keys added after ID_VERSION 1: left out of a cell's identity while at these defaults, so
+# the ids of cells that do not use them stay as they were.
+_LATER_TRAIN_KEYS = {"schedule": "step", "exp_decays": 10, "nesterov": False, "grad_clip": 0.0, "phases": ()}
+# Builder arguments that the grid and [train] set; [method_options.<method>] cannot.
+_BUILDER_ARGUMENTS = ("variant", "backbone", "num_classes", "pretrained", "last_stride", "label_smoothing", "triplet_margin")
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One of a cell's consecutive training phases (`[[train.phases]]`, see harness/schedule.py).
+
+    It trains for `iterations` or `epochs` on `on` (the cell's training set, or its fine-tuning
+    target) at `input_size` with the schedule restarted at `lr`. The parser fills input_size and lr
+    from [train] when a phase leaves them out, so a cell's id holds the resolved values.
+    """
+
+    iterations: int | None = None
+    epochs: int | None = None
+    input_size: tuple[int, int] | None = None
+    lr: float | None = None
+    on: str = "train"
 
 
 @dataclass(frozen=True)
@@ -49,7 +75,12 @@ class TrainConfig:
     warmup: int = 10  # linear warm-up length, in the schedule's unit
     warmup_factor: float = 0.01  # the warm-up starts at lr * warmup_factor
     milestones: tuple[int, ...] = (40, 70)  # lr *= gamma at each, in the schedule's unit
-    gamma: float = 0.1
+    gamma: float = 0.1  # step: the factor at each milestone; exponential: the factor of each decay
+    schedule: str = "step"  # step | cosine (to 0 after the warm-up) | exponential (see harness/schedule.py)
+    exp_decays: int = 10  # exponential: lr * gamma ** floor(exp_decays * t / T) over a phase of T steps
+    nesterov: bool = False  # sgd: Nesterov momentum
+    grad_clip: float = 0.0  # clip the global L2 norm of the gradients to this before each step (0: off)
+    phases: tuple[Phase, ...] = ()  # consecutive training phases; none: one phase made of this table
     label_smoothing: float = 0.1
     triplet_margin: float = 0.3
     pretrained: bool = True
@@ -71,7 +102,7 @@ class TrainConfig:
     keep_embeddings: bool = True  # write the test-time embeddings to the store (needed by [[combine]])
 
     def __post_init__(self) -> None:
-        if self.iterations is None and self.epochs is None:
+        if self.iterations is None and self.epochs is None and not self.phases:
             object.__setattr__(self, "epochs", 120)
 
 
@@ -140,7 +171,12 @@ class RayConfig:
 
 @dataclass(frozen=True)
 class Cell:
-    """One (method, variant, backbone, training dataset, seed) experiment and what it is tested on."""
+    """One (method, variant, backbone, training dataset, seed) experiment and what it is tested on.
+
+    `train_dataset` may be a union of datasets, "a+b+c" (harness/data/union.py); `finetune_dataset`
+    is what phases with `on = "finetune"` train on; `method_options` are keyword arguments of the
+    method's builder, as sorted (name, value) pairs.
+    """
 
     grid: str
     method: str
@@ -152,6 +188,8 @@ class Cell:
     train: TrainConfig
     datasets: tuple[DatasetConfig, ...]
     synthetic: SyntheticConfig
+    finetune_dataset: str | None = None
+    method_options: tuple[tuple[str, Any], ...] = ()
 
     def dataset(self, name: str) -> DatasetConfig:
         return next(d for d in self.datasets if d.name == name)
@@ -159,6 +197,9 @@ class Cell:
     def identity(self) -> dict[str, Any]:
         """The resolved configuration that defines the experiment (and so its id)."""
         uses_synthetic = any(d.synthetic for d in self.datasets)
+        train = {k: v for k, v in dataclasses.asdict(self.train).items()
+                 if k not in _NOT_IDENTITY and not (k in _LATER_TRAIN_KEYS and v == _LATER_TRAIN_KEYS[k])}
+        later = {"finetune_dataset": self.finetune_dataset, "method_options": dict(self.method_options)}
         return {
             "id_version": ID_VERSION,
             "method": self.method,
@@ -167,10 +208,11 @@ class Cell:
             "train_dataset": self.train_dataset,
             "test_datasets": sorted(self.test_datasets),
             "seed": self.seed,
-            "train": {k: v for k, v in dataclasses.asdict(self.train).items() if k not in _NOT_IDENTITY},
+            "train": train,
             # Where a real dataset lies is not part of the experiment; whether it is synthetic is.
             "synthetic_datasets": sorted(d.name for d in self.datasets if d.synthetic),
             "synthetic": dataclasses.asdict(self.synthetic) if uses_synthetic else None,
+            **{k: v for k, v in later.items() if v},  # only when set, so older ids are unchanged
         }
 
     @property
@@ -191,6 +233,7 @@ class Cell:
                 "train": _coerce_dataclass(TrainConfig, raw["train"]),
                 "datasets": tuple(DatasetConfig(**d) for d in raw["datasets"]),
                 "synthetic": SyntheticConfig(**raw["synthetic"]),
+                "method_options": tuple((k, _freeze(v)) for k, v in raw.get("method_options", ())),
             }
         )
 
@@ -206,8 +249,8 @@ class Spec:
     combinations: tuple[Combination, ...] = ()  # [[combine]]: evaluation-time combinations of cells (harness.combine)
 
 
-_GRID_KEYS = ("name", "methods", "backbones", "train_datasets", "test_datasets", "seeds")
-_TOP_TABLES = ("grid", "train", "resources", "synthetic", "datasets", "slurm", "ray", "combine")
+_GRID_KEYS = ("name", "methods", "backbones", "train_datasets", "test_datasets", "finetune_datasets", "seeds")
+_TOP_TABLES = ("grid", "train", "resources", "synthetic", "datasets", "slurm", "ray", "method_options", "combine")
 
 
 def load_spec(path: str | Path, *, _including: tuple[Path, ...] = ()) -> Spec:
@@ -249,6 +292,7 @@ class _SpecParser:
         backbones = self._names(grid, "backbones", required=True)
         train_sets = self._names(grid, "train_datasets", required=True)
         test_sets = self._names(grid, "test_datasets", required=False)
+        finetune_sets = self._names(grid, "finetune_datasets", required=False)
         seeds = self._value(grid, "grid", "seeds", list, default=[0])
         if not seeds or not all(type(s) is int for s in seeds):
             self._fail("seeds must be a non-empty list of integers", table="grid", key="seeds")
@@ -257,23 +301,27 @@ class _SpecParser:
         for backbone in backbones:
             self._check_name(backbone, _backbone_names(), "backbone", table="grid", key="backbones")
         dataset_names = _dataset_names()
-        for dataset in dict.fromkeys(train_sets + test_sets):
-            key = "train_datasets" if dataset in train_sets else "test_datasets"
-            self._check_name(dataset, dataset_names, "dataset", table="grid", key=key)
+        members = {name: self._members(name, dataset_names) for name in dict.fromkeys(train_sets)}
+        for key, names in (("test_datasets", test_sets), ("finetune_datasets", finetune_sets)):
+            for dataset in dict.fromkeys(names):
+                self._check_name(dataset, dataset_names, "dataset", table="grid", key=key)
 
-        train = self._dataclass(TrainConfig, "train")
+        train = self._train_config()
         self._check_train(train)
+        self._check_finetune(train, finetune_sets)
+        options = self._method_options({method for method, _ in method_variants})
         resources = self._dataclass(Resources, "resources")
         self._check_resources(resources)
         synthetic = self._dataclass(SyntheticConfig, "synthetic")
         datasets = self._datasets(dataset_names)
 
         cells = []
-        for (method, variant), backbone, train_set, seed in itertools.product(
-            method_variants, backbones, train_sets, seeds
+        for (method, variant), backbone, train_set, finetune, seed in itertools.product(
+            method_variants, backbones, train_sets, finetune_sets or [None], seeds
         ):
-            tests = tuple(test_sets) if test_sets else (train_set,)
-            used = dict.fromkeys((train_set, *tests))
+            # A union has no test split: its cells are tested on its members; a fine-tuned cell on its target.
+            tests = tuple(test_sets) if test_sets else (finetune,) if finetune else members[train_set]
+            used = dict.fromkeys((*members[train_set], *([finetune] if finetune else []), *tests))
             cells.append(
                 Cell(
                     grid=name,
@@ -286,6 +334,8 @@ class _SpecParser:
                     train=train,
                     datasets=tuple(datasets.get(d, DatasetConfig(d)) for d in used),
                     synthetic=synthetic,
+                    finetune_dataset=finetune,
+                    method_options=options.get(method, ()),
                 )
             )
         seen: dict[str, Cell] = {}
@@ -327,6 +377,118 @@ class _SpecParser:
                     combinations=tuple(combinations.values()))
 
     # -- pieces ---------------------------------------------------------------------------------
+
+    def _members(self, name: str, valid: list[str]) -> tuple[str, ...]:
+        """The datasets of a training set: itself, or the members of a union "a+b+c"."""
+        from harness.data.union import members
+
+        parts = members(name)
+        for part in parts:
+            if not part:
+                self._fail(f"{name!r} has an empty member; a union is written \"a+b+c\"", table="grid", key="train_datasets", value=name)
+            if part not in valid:
+                self._fail(f"unknown dataset {part!r} in {name!r}; {closest(part, valid)}", table="grid", key="train_datasets", value=name)
+        if len(set(parts)) != len(parts):
+            self._fail(f"{name!r} names a dataset twice; list each member once", table="grid", key="train_datasets", value=name)
+        return parts
+
+    def _train_config(self) -> TrainConfig:
+        """[train] and its [[train.phases]], with each phase's input_size and lr resolved."""
+        raw = dict(self.raw.get("train", {}))
+        raw_phases = raw.pop("phases", None)
+        train = self._dataclass(TrainConfig, "train", raw=raw)
+        if raw_phases is None or raw_phases == []:  # phases = []: one phase made of [train], as without the key
+            return train
+        if not isinstance(raw_phases, list) or not raw_phases or not all(isinstance(p, dict) for p in raw_phases):
+            self._fail("phases must be tables: one [[train.phases]] per phase", table="train", key="phases")
+        for key in ("iterations", "epochs"):
+            if key in raw:
+                self._fail(f"with [[train.phases]], each phase gives its own iterations or epochs; remove [train] {key}",
+                           table="train", key=key)
+        names = [f.name for f in fields(Phase)]
+        resolved = []
+        for index, entry in enumerate(raw_phases):
+            for key in entry:
+                if key not in names:
+                    self._fail(f"unknown key {key!r} in phase {index + 1} ([[train.phases]]); {closest(key, names)}",
+                               table="train", line=self._phase_line(index, key))
+            try:
+                phase = _coerce_dataclass(Phase, entry)
+            except _BadValue as bad:
+                self._fail(f"phase {index + 1}: {bad}", table="train", line=self._phase_line(index, bad.key))
+            resolved.append(self._check_phase(index, phase, train))
+        return dataclasses.replace(train, epochs=None, phases=tuple(resolved))
+
+    def _check_phase(self, index: int, p: Phase, train: TrainConfig) -> Phase:
+        def fail(message: str, key: str | None) -> None:
+            self._fail(f"phase {index + 1} ([[train.phases]]): {message}", table="train", line=self._phase_line(index, key))
+
+        if (p.iterations is None) == (p.epochs is None):
+            fail("give its length as iterations or as epochs (one of them)", "iterations" if p.iterations is not None else None)
+        length = "iterations" if p.iterations is not None else "epochs"
+        if getattr(p, length) < 1:
+            fail(f"{length} must be at least 1", length)
+        if p.input_size is not None and (len(p.input_size) != 2 or min(p.input_size) < 16):
+            fail("input_size must be [height, width], each at least 16 pixels", "input_size")
+        if p.lr is not None and not p.lr > 0:
+            fail("lr must be positive", "lr")
+        if p.on not in PHASE_DATASETS:
+            fail(f"unknown on = {p.on!r}; {closest(p.on, PHASE_DATASETS)} (train: the cell's training set; "
+                 "finetune: its [grid] finetune_datasets target)", "on")
+        return dataclasses.replace(p, input_size=p.input_size or train.input_size, lr=train.lr if p.lr is None else p.lr)
+
+    def _phase_line(self, index: int, key: str | None) -> int | None:
+        """The line of `key` in the index-th [[train.phases]] table (or of its header)."""
+        headers = [n for n, line in enumerate(self.lines, 1) if re.match(r"^\s*\[\[\s*train\.phases\s*\]\]", line)]
+        if index >= len(headers):
+            return _locate(self.lines, "train", "phases", None)
+        for number in range(headers[index] + 1, len(self.lines) + 1):
+            line = self.lines[number - 1]
+            if re.match(r"^\s*\[", line):
+                break
+            if key is not None and re.match(rf'^\s*"?{re.escape(key)}"?\s*=', line):
+                return number
+        return headers[index]
+
+    def _check_finetune(self, t: TrainConfig, finetune_sets: list[str]) -> None:
+        tuning = [i for i, p in enumerate(t.phases) if p.on == "finetune"]
+        if tuning and not finetune_sets:
+            self._fail(f"phase {tuning[0] + 1} trains on the fine-tuning dataset, but [grid] has no finetune_datasets; "
+                       "add finetune_datasets = [...] or set on = \"train\"", table="train",
+                       line=self._phase_line(tuning[0], "on"))
+        if finetune_sets and not tuning:
+            self._fail("finetune_datasets needs a [[train.phases]] entry with on = \"finetune\" to train on them",
+                       table="grid", key="finetune_datasets")
+
+    def _method_options(self, methods: set[str]) -> dict[str, tuple[tuple[str, Any], ...]]:
+        """[method_options.<method>]: keyword arguments of the builder, checked against its signature."""
+        from methods import method_builder, method_names
+
+        out = {}
+        for method, table in self.raw.get("method_options", {}).items():
+            self._check_name(method, method_names(), "method", table="method_options", key=method)
+            where = f"method_options.{method}"
+            if not isinstance(table, dict):
+                self._fail(f"[{where}] must be a table of the builder's keyword arguments", table="method_options", key=method)
+            if method not in methods:
+                self._fail(f"[grid] methods does not run {method!r}; remove [{where}] or add the method to the grid",
+                           table="method_options", key=method)
+            parameters = inspect.signature(method_builder(method)).parameters
+            open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+            accepted = sorted(n for n, p in parameters.items() if n not in _BUILDER_ARGUMENTS
+                              and p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD))
+            for key, value in table.items():
+                if key in _BUILDER_ARGUMENTS:
+                    self._fail(f"{key!r} is not a method option: the grid or [train] sets it", table=where, key=key)
+                if key not in accepted and not open_ended:
+                    known = closest(key, accepted) if accepted else f"{method}'s builder takes no options."
+                    self._fail(f"{method}'s builder has no option {key!r}; {known}", table=where, key=key)
+                problem = _option_type_problem(value, parameters[key].default if key in parameters else None)
+                if problem:
+                    self._fail(f"{key} must be {problem}, not {value!r}", table=where, key=key)
+            if table:
+                out[method] = tuple(sorted((k, _freeze(v)) for k, v in table.items()))
+        return out
 
     def _method(self, entry: str) -> tuple[str, str]:
         from methods import method_names, method_variants
@@ -390,6 +552,19 @@ class _SpecParser:
             self._fail(f"unknown precision {t.precision!r}; {closest(t.precision, PRECISIONS)}", table="train", key="precision")
         if list(t.milestones) != sorted(t.milestones):
             self._fail("milestones must be increasing", table="train", key="milestones")
+        written = self.raw.get("train", {})
+        if t.schedule not in SCHEDULES:
+            self._fail(f"unknown schedule {t.schedule!r}; {closest(t.schedule, SCHEDULES)}", table="train", key="schedule")
+        if "milestones" in written and t.schedule != "step":
+            self._fail(f"milestones apply to schedule = \"step\" only, not {t.schedule!r}; remove them", table="train", key="milestones")
+        if t.exp_decays < 1:
+            self._fail("exp_decays must be at least 1", table="train", key="exp_decays")
+        if not t.grad_clip >= 0:
+            self._fail("grad_clip must not be negative (0: no clipping)", table="train", key="grad_clip")
+        if t.nesterov and (t.optimizer != "sgd" or t.momentum <= 0):
+            self._fail("nesterov needs optimizer = \"sgd\" and a positive momentum", table="train", key="nesterov")
+        if any(p.lr != t.lr for p in t.phases) and not t.lr > 0:
+            self._fail("lr must be positive when phases set their own lr (it is the optimizer's base lr)", table="train", key="lr")
         for key in ("flip", "random_erasing", "label_smoothing"):
             if not 0.0 <= getattr(t, key) <= 1.0:
                 self._fail(f"{key} must be between 0 and 1", table="train", key=key)
@@ -440,8 +615,8 @@ class _SpecParser:
         if name not in valid:
             self._fail(f"unknown {kind} {name!r}; {closest(name, valid)}", table=table, key=key, value=value or name)
 
-    def _fail(self, message: str, *, table: str, key: str | None = None, value: str | None = None) -> None:
-        line = _locate(self.lines, table, key, value)
+    def _fail(self, message: str, *, table: str, key: str | None = None, value: str | None = None, line: int | None = None) -> None:
+        line = line or _locate(self.lines, table, key, value)
         where = f"{self.path}, line {line}" if line else str(self.path)
         raise UserError(f"{where}: {message}")
 
@@ -455,7 +630,31 @@ class _BadValue(ValueError):
 def _coerce_dataclass(cls: type, raw: dict[str, Any]) -> Any:
     """Build a config dataclass from TOML values, checking each value against its field's type."""
     hints = get_type_hints(cls)
-    return cls(**{key: _coerce(key, value, hints[key]) for key, value in raw.items()})
+    return cls(**{key: _phases(value) if key == "phases" else _coerce(key, value, hints[key]) for key, value in raw.items()})
+
+
+def _phases(value: Any) -> tuple[Phase, ...]:
+    return tuple(p if isinstance(p, Phase) else _coerce_dataclass(Phase, p) for p in value)
+
+
+def _freeze(value: Any) -> Any:
+    """A TOML (or JSON) value with its lists as tuples, so that a Cell stays hashable."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    return value
+
+
+def _option_type_problem(value: Any, default: Any) -> str | None:
+    """What a method option should be, judged by its default's type; None when it fits."""
+    kinds = ((bool, "true or false"), (int, "an integer"), (float, "a number"), (str, "a string"), ((list, tuple), "a list"))
+    for kind, words in kinds:
+        if isinstance(default, kind):
+            fits = type(value) in (int, float) if kind is float else type(value) is bool if kind is bool else (
+                isinstance(value, kind) and not isinstance(value, bool))
+            return None if fits else words
+    return None
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from harness import schedule
 from harness.dist import all_reduce_mean
 from harness.spec import TrainConfig
 
@@ -48,8 +49,9 @@ class TrainResult:
         return self.images_per_second
 
 
-def total_steps(config: TrainConfig, steps_per_epoch: int) -> int:
-    return config.iterations if config.iterations is not None else config.epochs * steps_per_epoch
+def total_steps(config: TrainConfig, steps_per_epoch: int | Callable[[str], int]) -> int:
+    """Steps over all of the recipe's phases (see harness/schedule.py)."""
+    return schedule.total(schedule.plan(config, steps_per_epoch))
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -78,23 +80,16 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, **speed)
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, **speed)
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                               nesterov=config.nesterov, **speed)
     raise ValueError(f"unknown optimizer {config.optimizer!r}; supported: adam, sgd")
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up, then a step decay by `gamma` at each milestone; stepped every iteration."""
-    unit = 1 if config.iterations is not None else steps_per_epoch
-    warmup = config.warmup * unit
-    milestones = [m * unit for m in config.milestones]
-
-    def factor(step: int) -> float:
-        decay = config.gamma ** sum(step >= m for m in milestones)
-        if step < warmup:
-            return decay * (config.warmup_factor + (1 - config.warmup_factor) * step / warmup)
-        return decay
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
+                    steps_per_epoch: int | Callable[[str], int]) -> torch.optim.lr_scheduler.LambdaLR:
+    """Each phase's linear warm-up then step, cosine or exponential decay (harness/schedule.py),
+    stepped every iteration. `steps_per_epoch`: a number, or a function of a phase's `on`."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.lr_lambda(config, schedule.plan(config, steps_per_epoch)))
 
 
 def train(
@@ -114,6 +109,7 @@ def train(
     log: Callable[[str], None] = print,
     start_step: int = 0,
     after_step: Callable[[int, Callable[[], dict[str, float]]], None] | None = None,
+    grad_clip: float = 0.0,
 ) -> TrainResult:
     """Train over `batches`; the loss terms are averaged over ranks and checked every `check_every` steps.
 
@@ -123,11 +119,13 @@ def train(
     first `warmup_steps` are left out of the measured throughput. A resumed run starts at
     `start_step`; `after_step(steps done, check)` runs after every step (checkpoints, see
     harness.checkpoint), and calls `check()` before it saves, so that no checkpoint holds weights
-    trained on a non-finite loss.
+    trained on a non-finite loss. `grad_clip` > 0 clips the global L2 norm of the gradients
+    before each step (after DDP's all-reduce, so every rank clips alike; unscaled first under fp16).
     """
     model.train()
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     watch = _LossWatch()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     start, steps, images, terms = time.perf_counter(), 0, 0, {}
     measured_from, measured_images = None, 0
     for step, (inputs, pids, _, *cues) in enumerate(batches, start=start_step):  # cues: when the method asks for some
@@ -146,9 +144,14 @@ def train(
         total = sum(loss_terms.values())
         if scaler is None:
             total.backward()
+            if grad_clip:
+                nn.utils.clip_grad_norm_(params, grad_clip)
             optimizer.step()
         else:
             scaler.scale(total).backward()
+            if grad_clip:
+                scaler.unscale_(optimizer)  # clip the true gradients; step() then does not unscale again
+                nn.utils.clip_grad_norm_(params, grad_clip)
             scaler.step(optimizer)
             scaler.update()
         scheduler.step()
@@ -166,6 +169,23 @@ def train(
     return TrainResult(
         start_step + steps, seconds, images / seconds if steps else None, terms, warmup_steps=min(warmup_steps, steps),
         measured_images=images - measured_images, measured_seconds=measured, measured_from=measured_from,
+    )
+
+
+def combine_results(results: list[TrainResult], start_step: int = 0) -> TrainResult:
+    """One result for consecutive train() calls (a cell's phases): times and images add up, and
+    the throughput after each call's warm-up is measured over all of them."""
+    if len(results) == 1:
+        return results[0]
+    if not results:
+        return TrainResult(start_step, 0.0, None, {})
+    seconds = sum(r.seconds for r in results)
+    images = sum(r.images_per_second * r.seconds for r in results if r.images_per_second)
+    return TrainResult(
+        results[-1].iterations, seconds, images / seconds if images and seconds else None, results[-1].losses,
+        warmup_steps=sum(r.warmup_steps for r in results), measured_images=sum(r.measured_images for r in results),
+        measured_seconds=sum(r.measured_seconds for r in results),
+        measured_from=next((r.measured_from for r in results if r.measured_from is not None), None),
     )
 
 

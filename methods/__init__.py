@@ -57,6 +57,11 @@ def method_variants(name: str) -> tuple[str, ...]:
     return _METHODS[name].variants
 
 
+def method_builder(name: str) -> Callable[..., nn.Module]:
+    """The registered builder, e.g. for checking `[method_options.<name>]` against its signature."""
+    return _METHODS[name].builder
+
+
 def create_model(method: str, *, backbone: str, num_classes: int, variant: str | None = None, **options) -> nn.Module:
     """Build a registered method. Options left as None are dropped, so defaults live in the builder."""
     if method not in _METHODS:

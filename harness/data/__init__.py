@@ -29,6 +29,7 @@ class Sample:
     pid: int
     camid: int
     cue_key: str = ""  # where its cue maps are filed: <root>/cues/<cue>/<cue_key with the cue's suffix>
+    root: str = ""  # that root, when samples of several datasets mix (a union, harness/data/union.py)
 
 
 @dataclass(frozen=True)

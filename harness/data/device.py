@@ -108,10 +108,11 @@ class DeviceBatches:
         device: torch.device,
         seed: int,
         num_workers: int = 0,
+        relabel: bool = True,  # false: the pids are classifier labels already (harness/data/union.py)
     ):
-        relabel = {pid: label for label, pid in enumerate(sorted({s.pid for s in samples}))}
+        relabel = {pid: label for label, pid in enumerate(sorted({s.pid for s in samples}))} if relabel else None
         self.images = decode(samples, size, device, num_workers=num_workers)
-        self.pids = torch.tensor([relabel[s.pid] for s in samples], device=device)
+        self.pids = torch.tensor([relabel[s.pid] if relabel else s.pid for s in samples], device=device)
         self.camids = torch.tensor([s.camid for s in samples], device=device)
         self.sampler, self.device = sampler, device
         self.options = {"flip": flip, "padding": padding, "random_erasing": random_erasing}

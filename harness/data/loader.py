@@ -37,7 +37,8 @@ def decode(path: str) -> torch.Tensor:
 class ImageDataset(Dataset):
     """Samples as (image, pid, camid[, cues]); `relabel` maps pids to 0..C-1 for the classifier.
 
-    `cues` names the cue maps to load from `cue_root` (the dataset root); `in_memory` decodes every
+    `cues` names the cue maps to load from `cue_root` (the dataset root), or from each sample's own
+    root when it has one (the members of a union); `in_memory` decodes every
     image once, up front, and keeps it as uint8 (the workers share it when they are forked).
     """
 
@@ -45,7 +46,7 @@ class ImageDataset(Dataset):
                  cues: Sequence[str] = (), cue_root: str | Path | None = None, in_memory: bool = False):
         self.samples, self.transform, self.relabel = samples, transform, relabel
         self.cues = check_names(cues, "method cues")
-        if self.cues and cue_root is None:
+        if self.cues and cue_root is None and not all(s.root for s in samples):
             raise ValueError("cues need the dataset root they are filed under")
         self.cue_root = Path(cue_root) if cue_root is not None else None
         self.images = [decode(s.path) for s in samples] if in_memory else None
@@ -57,7 +58,8 @@ class ImageDataset(Dataset):
         sample = self.samples[index]
         image = self.images[index] if self.images is not None else decode(sample.path)
         size = tuple(image.shape[-2:])
-        raw = {cue: load_cue(self.cue_root, cue, sample.cue_key, size) for cue in self.cues}
+        root = Path(sample.root) if sample.root else self.cue_root
+        raw = {cue: load_cue(root, cue, sample.cue_key, size) for cue in self.cues}
         tensor, cues = self.transform(image, raw)
         pid = self.relabel[sample.pid] if self.relabel is not None else sample.pid
         return (tensor, pid, sample.camid, cues) if self.cues else (tensor, pid, sample.camid)
@@ -65,9 +67,10 @@ class ImageDataset(Dataset):
 
 def train_loader(
     samples: Sequence[Sample], sampler: PKBatchSampler, transform: CueTransform, *, num_workers: int, pin_memory: bool,
-    cues: Sequence[str] = (), cue_root: str | Path | None = None, in_memory: bool = False,
+    cues: Sequence[str] = (), cue_root: str | Path | None = None, in_memory: bool = False, relabel: bool = True,
 ) -> DataLoader:
-    relabel = {pid: label for label, pid in enumerate(sorted({s.pid for s in samples}))}
+    """P x K batches; pids relabelled to 0..C-1, or taken as labels already (`relabel` false: see data.union)."""
+    relabel = {pid: label for label, pid in enumerate(sorted({s.pid for s in samples}))} if relabel else None
     return DataLoader(
         ImageDataset(samples, transform, relabel, cues=cues, cue_root=cue_root, in_memory=in_memory),
         batch_sampler=sampler,

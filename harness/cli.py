@@ -264,7 +264,9 @@ def _check_cues(cell, roots: dict[str, Path]) -> None:
 
     trained_on = [*members(cell.train_dataset), *([cell.finetune_dataset] if cell.finetune_dataset else [])]
     needs = [(d, cue) for d in trained_on for cue in model.train_cues] + [(d, cue) for d in cell.test_datasets for cue in model.test_cues]
-    for dataset, cue in dict.fromkeys(needs):
+    from harness.data.cues import DERIVED
+
+    for dataset, cue in dict.fromkeys((d, DERIVED.get(cue, cue)) for d, cue in needs):
         folder = roots[dataset] / "cues" / cue
         if not folder.is_dir():
             raise UserError(f"{cell.method}:{cell.variant} needs {cue} cue maps of {dataset}, but {folder} does not exist. "

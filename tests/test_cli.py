@@ -82,3 +82,30 @@ def test_unknown_executor_is_refused_before_anything_else(tmp_path, capsys):
     assert main(["run", str(spec), "--store", str(tmp_path / "store"), "--executor", "locl", "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "--executor 'locl' is not an executor; did you mean 'local'?" in err
+
+
+def test_cue_maps_are_checked_before_the_run(tmp_path, monkeypatch, capsys):
+    # A method that trains on cue maps cannot keep its data on the device ...
+    monkeypatch.setenv("REIDBENCH_CACHE", str(tmp_path / "cache"))
+    spec = tmp_path / "spec.toml"
+    base = SPEC.format(p=2, pretrained="false").replace('"baseline"', '"gasm:mask"')
+    spec.write_text(base.replace("[train]", "[train]\ndata_on_device = true"))
+    assert main(["run", str(spec), "--store", str(tmp_path / "store")]) == 2
+    err = capsys.readouterr().err
+    assert "data_on_device keeps images only, but gasm:mask trains with cue maps (mask)" in err and "Traceback" not in err
+    # ... and its cue maps must be on disk, in every member of a union it trains on.
+    root = tmp_path / "real"
+    assert main(["data", "synth", "market1501", str(root), "--ids", "12"]) == 0
+    mask = root / "cues" / "mask"
+    for f in mask.rglob("*"):
+        if f.is_file():
+            f.unlink()
+    for d in sorted(mask.rglob("*"), reverse=True):
+        d.rmdir()
+    mask.rmdir()
+    spec.write_text(base.replace('["market1501"]', '["market1501+dukemtmc"]') + f'\n[datasets.market1501]\nroot = "{root}"\n')
+    capsys.readouterr()
+    assert main(["run", str(spec), "--store", str(tmp_path / "store")]) == 2
+    err = capsys.readouterr().err
+    assert f"gasm:mask needs mask cue maps of market1501, but {mask} does not exist" in err
+    assert "reidbench data check market1501" in err and not (tmp_path / "store").exists()

@@ -258,7 +258,8 @@ def load_spec(path: str | Path, *, _including: tuple[Path, ...] = ()) -> Spec:
 
     A spec may instead list other specs, ``include = ["a.toml", "b.toml"]`` (paths relative to it):
     its cells (and [[combine]] combinations) are theirs, each keeping its own grid name and recipe,
-    a cell listed twice counted once; the including file's [resources], [slurm] and [ray] apply to all of them.
+    a cell listed twice counted once; the including file's [resources], [slurm] and [ray] apply to all of
+    them, and its own [[combine]] tables may combine cells of different included specs.
     """
     path = Path(path)
     try:
@@ -350,7 +351,7 @@ class _SpecParser:
                     combinations=combinations)
 
     def _parse_include(self) -> Spec:
-        self._check_keys(self.raw, ("include", "grid", "resources", "slurm", "ray"), table="")
+        self._check_keys(self.raw, ("include", "grid", "resources", "slurm", "ray", "combine"), table="")
         files = self.raw["include"]
         if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
             self._fail("include must be a non-empty list of spec files, relative to this one", table="", key="include")
@@ -373,6 +374,11 @@ class _SpecParser:
         resources = self._dataclass(Resources, "resources")
         self._check_resources(resources)
         slurm, ray = self._dataclass(SlurmConfig, "slurm"), self._dataclass(RayConfig, "ray")
+        if "combine" in self.raw:  # combinations of cells that come from different included specs
+            from harness.combine import parse_combinations
+
+            for combination in parse_combinations(self.path, self.lines, self.raw["combine"], list(cells.values()), name):
+                combinations.setdefault(combination.id, combination)
         return Spec(path=self.path, name=name, cells=tuple(cells.values()), resources=resources, slurm=slurm, ray=ray,
                     combinations=tuple(combinations.values()))
 

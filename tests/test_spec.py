@@ -208,3 +208,16 @@ def test_include_errors_name_the_file_and_line(tmp_path, text, message):
     write(tmp_path, 'grid.methods = ["baseline"]\ngrid.backbones = ["resnet18"]\ngrid.train_datasets = ["market1501"]\n', "a.toml")
     with pytest.raises(UserError, match=message):
         load_spec(write(tmp_path, text, "all.toml"))
+
+
+def test_an_including_spec_combines_cells_of_different_included_specs(tmp_path):
+    for name, backbone, lr in (("a", "resnet18", "1e-3"), ("b", "resnet50", "2e-3")):
+        write(tmp_path, f'grid.name = "{name}"\ngrid.methods = ["baseline"]\ngrid.backbones = ["{backbone}"]\n'
+                        f'grid.train_datasets = ["market1501"]\ntrain.lr = {lr}\n', f"{name}.toml")
+    spec = load_spec(write(tmp_path, 'include = ["a.toml", "b.toml"]\n[[combine]]\nname = "pair"\nmethod = "baseline"\n'
+                                     'parts = ["baseline/resnet18", "baseline/resnet50"]\n', "all.toml"))
+    (combination,) = spec.combinations
+    assert [c.id for c in combination.parts] == [c.id for c in spec.cells] and combination.backbone == "resnet18+resnet50"
+    with pytest.raises(UserError, match=r"bad.toml, line 5: part .baseline/resnet152. is not a cell"):
+        load_spec(write(tmp_path, 'include = ["a.toml", "b.toml"]\n[[combine]]\nname = "pair"\nmethod = "baseline"\n'
+                                  'parts = ["baseline/resnet18", "baseline/resnet152"]\n', "bad.toml"))

@@ -322,3 +322,23 @@ def test_a_paper_page_renders_in_headless_chromium(tmp_path):
     assert colours is None or len(colours) > 20  # text, table borders and the tinted cells, not a blank page
     # the table's header background (#f0f0f0) is on screen
     assert any(c == (240, 240, 240) for _, c in (colours or []))
+
+
+def test_union_trained_rows_count_as_trained_on_their_test_member():
+    import json
+
+    from harness.report.mapping import Identity
+    from harness.report.tables import index_rows
+
+    union = "market1501+dukemtmc+cuhk03-labeled-classic+cuhk01"
+
+    def row(test, target=None):
+        return {"method": "spreid", "variant": "wfg-ft", "backbone": "inception_v3", "train_dataset": union,
+                "test_dataset": test, "protocol": "market", "rerank": False,
+                "config": json.dumps({"cell": {"finetune_dataset": target}})}
+
+    index = index_rows([row("market1501"), row("msmt17"), row("market1501", "market1501"), row("dukemtmc", "market1501")])
+    key = lambda train, test: Identity("spreid", "wfg-ft", "inception_v3", train, test, "market", False)  # noqa: E731
+    assert len(index[key("market1501", "market1501")]) == 2  # the union cell's and the fine-tuned target's row
+    assert len(index[key(union, "msmt17")]) == 1  # not a member: cross-domain
+    assert len(index[key(union, "dukemtmc")]) == 1  # a member, but the cell was fine-tuned on another target

@@ -20,6 +20,8 @@ Naming, in short:
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass
 
 # (paper, printed method, printed variant) -> (store method, store variant).
@@ -142,6 +144,20 @@ class Identity:
     test_dataset: str
     protocol: str
     rerank: bool
+
+
+def row_train_dataset(row: dict) -> str:
+    """The training set a store row is looked up under.
+
+    A cell trained on a union ("a+b+c", SPReID's merged datasets) counts as trained on the member it
+    is tested on, the way SPReID's tables list it; a cell fine-tuned on a target (its config's
+    `finetune_dataset`) counts so only for the target's rows. Other rows keep their training set.
+    """
+    train, test = row["train_dataset"], row["test_dataset"]
+    if "+" not in train or test not in train.split("+"):
+        return train
+    target = json.loads(row.get("config") or "{}").get("cell", {}).get("finetune_dataset")
+    return test if target in (None, test) else train
 
 
 def store_dataset(paper: str, dataset: str, protocol: str) -> tuple[str, str] | None:

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from harness.report.mapping import Identity, identity
+from harness.report.mapping import Identity, identity, row_train_dataset
 from harness.report.reference import RefCell, TableSpec, is_uncertain, reference_cells
 
 DATASET_NAMES = {
@@ -121,7 +121,7 @@ def index_rows(rows: Iterable[dict[str, Any]]) -> dict[Identity, list[dict[str, 
     """Store rows grouped by the identity a reference cell looks them up by."""
     index: dict[Identity, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
-        key = Identity(r["method"], r["variant"], r["backbone"], r["train_dataset"], r["test_dataset"],
+        key = Identity(r["method"], r["variant"], r["backbone"], row_train_dataset(r), r["test_dataset"],
                        r["protocol"], bool(r["rerank"]))
         index[key].append(r)
     return index

@@ -151,3 +151,12 @@ def test_synthetic_batches_carry_the_cues_a_method_declares():
     images, _, _, cues = with_cues
     assert set(cues) == {"pose", "mask"}
     assert cues["pose"].shape == (4, 13, 4, 2) and cues["mask"].shape == (4, 1, 64, 32)
+
+
+def test_methods_with_cue_maps_are_profiled_with_random_cues(tmp_path):
+    store = tmp_path / "store"
+    assert main(["profile", "--methods", "gasm:full", "ssp-reid:s-reid", "--backbones", "resnet18", "--batch", "4",
+                 "--input", "64x32", "--steps", "1", "--warmup", "0", "--store", str(store)]) == 0
+    rows = Store(store).read().profiles
+    assert sorted(r["method"] for r in rows) == ["gasm", "ssp-reid"]
+    assert all(r["train_images_per_second"] > 0 and r["infer_images_per_second"] > 0 for r in rows)

@@ -93,7 +93,10 @@ def rerank_features(
     ``d = pairwise_distance(..., metric=metric)``, but no ``(N, N)`` matrix is ever
     built: distances are computed one row block at a time (on the features' device)
     and only each row's nearest neighbours are kept.  ``metric`` is a built-in name
-    or a method's batched distance callable (see :mod:`harness.distance`).
+    or a method's batched distance callable (see :mod:`harness.distance`). For an
+    asymmetric callable (GASM's matching weighs by the first argument's heatmap), each
+    image's neighbours are ranked by its own row ``d(i, .)``; the matrix entry point would
+    instead read the gallery-to-query block as the transpose of ``d(q, g)``.
     """
     check_metric(metric)
     q, g = as_features(query, gallery, metric)

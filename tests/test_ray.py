@@ -33,8 +33,10 @@ def test_a_cell_whose_worker_is_killed_resumes_from_its_checkpoint(tmp_path):
                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         storage = store.root / "ray" / cell.id
-        # A second checkpoint folder means the first one is registered with Ray Train.
-        wait_for(lambda: len(list(storage.glob("checkpoint_*"))) >= 2, "two checkpoints in Ray's storage", timeout=300, every=0.2)
+        # A second checkpoint folder means the first one is registered with Ray Train (folders only:
+        # Ray's checkpoint_manager_snapshot.json matches the pattern too).
+        folders = lambda: [p for p in storage.glob("checkpoint_*") if p.is_dir()]  # noqa: E731
+        wait_for(lambda: len(folders()) >= 2, "two checkpoints in Ray's storage", timeout=300, every=0.2)
         pid = int((store.cell_dir(cell.id) / "ray" / "rank1.pid").read_text())
         os.kill(pid, signal.SIGKILL)
         output, _ = run.communicate(timeout=400)

@@ -3,22 +3,17 @@ spatial matching against a direct loop, through the evaluation engine's hook too
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from e2e_helpers import run_grid
 from harness.data.transforms import random_cues
 from harness.distance import pairwise_distance
 from harness.rerank import rerank, rerank_features
-from harness.spec import load_spec
-from harness.store import Store
 from methods import create_model, gasm
 from methods.gasm import GASM, frobenius_loss, gasm_distance
 
@@ -181,50 +176,15 @@ def test_options_choose_the_matching_and_check_their_values():
         small("full", grid=(0, 2))
 
 
-E2E_SPEC = """
-[grid]
-name = "{name}"
-methods = ["{method}"]
-backbones = ["resnet18"]
-train_datasets = ["market1501"]
-test_datasets = {tests}
-
-[train]
-input_size = [64, 32]
-iterations = 12
-ids_per_batch = 4
-images_per_id = 2
-lr = 3e-4
-warmup = 2
-milestones = [10]
-pretrained = false
-num_workers = 0
-eval_batch_size = 32
-log_every = 4
-
-[synthetic]
-ids = 16
-
-[resources]
-world_size = 1
-device = "cpu"
-"""
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("method,tests", [
     ("gasm:mask", ["market1501"]),
     ("gasm:full", ["market1501", "occluded-reid", "crowd-reid"]),  # cross-domain, as Tables 1, 3 and 4
 ])
 def test_end_to_end_through_the_cli(tmp_path, method, tests):
-    spec = tmp_path / "gasm.toml"
-    spec.write_text(E2E_SPEC.format(name=method.replace(":", "-"), method=method, tests=json.dumps(tests)))
-    env = {**os.environ, "REIDBENCH_CACHE": str(tmp_path / "cache")}
-    run = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(spec), "--store", "store"],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    run, by_method = run_grid(tmp_path, [method], tests=tests, iterations=12)
     assert run.returncode == 0, f"{run.stdout}\n{run.stderr}"
-    (cell,) = load_spec(spec).cells
-    rows = [r for r in Store(tmp_path / "store").read().rows if r["cell_id"] == cell.id]
+    rows = by_method[method]
     assert sorted((r["test_dataset"], r["rerank"]) for r in rows) == sorted((t, rr) for t in tests for rr in (False, True))
     protocols = {"market1501": "market", "occluded-reid": "occluded", "crowd-reid": "market"}
     for row in rows:

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
-from harness.spec import load_spec
-from harness.store import Store
-
+from e2e_helpers import run_grid
 from methods import create_model
 from methods.scsn import (NonLocalFusion, SalientFeatureExtraction, SpatialAttention, pyramid_pool, stripe_index,
                           suppress_most_salient)
@@ -170,42 +164,11 @@ def test_non_local_fusion_with_uniform_similarity_averages_the_pooled_values():
     assert torch.allclose(out, values.mean(dim=2)[:, :, None, None].expand_as(out), atol=1e-6)
 
 
-E2E_SPEC = """
-[grid]
-name = "scsn-e2e"
-methods = ["scsn:stages-4"]
-backbones = ["resnet18"]
-train_datasets = ["market1501"]
-
-[train]
-input_size = [64, 32]
-iterations = 12
-ids_per_batch = 4
-images_per_id = 2
-lr = 3.5e-4
-warmup = 2
-pretrained = false
-num_workers = 0
-
-[synthetic]
-ids = 16
-
-[resources]
-world_size = 1
-device = "cpu"
-"""
-
-
 @pytest.mark.slow
 def test_scsn_runs_end_to_end_through_the_cli(tmp_path):
-    spec = tmp_path / "scsn.toml"
-    spec.write_text(E2E_SPEC)
-    env = {**os.environ, "REIDBENCH_CACHE": str(tmp_path / "cache")}
-    run = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(spec), "--store", "store"],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    run, by_method = run_grid(tmp_path, ["scsn:stages-4"], iterations=12)
     assert run.returncode == 0, f"{run.stdout}\n{run.stderr}"
-    (cell,) = load_spec(spec).cells
-    rows = [r for r in Store(tmp_path / "store").read().rows if r["cell_id"] == cell.id]
+    rows = by_method["scsn:stages-4"]
     assert sorted(r["rerank"] for r in rows) == [False, True]
     for row in rows:
         assert (row["method"], row["variant"], row["iterations"]) == ("scsn", "stages-4", 12)

@@ -243,7 +243,8 @@ def _evaluate(model: torch.nn.Module, test_set: data.ReidData, config: TrainConf
     (see harness.distance); otherwise the Euclidean distance is used. Each row's seconds
     count feature extraction plus its own distances and metrics. Images are resized to `size`,
     the last training phase's input size. Rank 0 hands the features to ``keep`` (a
-    store.Embeddings) afterwards, when given.
+    store.Embeddings) afterwards, when given and when they are plain Euclidean embeddings (those
+    that [[combine]] can concatenate; GASM's packed rows would be 2 GB per Market test set).
     """
     start = time.perf_counter()
     transform = test_transform(size, heatmap_stride=_feature_stride(config))
@@ -262,8 +263,8 @@ def _evaluate(model: torch.nn.Module, test_set: data.ReidData, config: TrainConf
     ids = lambda samples, key: np.asarray([getattr(s, key) for s in samples], dtype=np.int64)  # noqa: E731
     labels = (ids(test_set.query, "pid"), ids(test_set.gallery, "pid"), ids(test_set.query, "camid"), ids(test_set.gallery, "camid"))
     results = score(*features, labels, protocol=data.protocol(name), metric=metric, device=env.device, extracted=extracted)
-    if keep is not None:
-        keep(Embeddings(*(f.float().cpu().numpy() for f in features), *labels, metric="euclidean" if metric == "euclidean" else "own"))
+    if keep is not None and metric == "euclidean":  # a method's own distance (GASM) packs what cannot be concatenated
+        keep(Embeddings(*(f.float().cpu().numpy() for f in features), *labels, metric="euclidean"))
     return results
 
 

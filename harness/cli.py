@@ -223,6 +223,7 @@ def _prepare_data(cells, world_size: int) -> None:
     """Make and check every dataset (and pretrained weights) before anything starts, so bad input fails fast and once."""
     from harness import data
     from harness.cell import dataset_root
+    from harness.data.union import members
 
     _check_weights(cells)
     loaded: dict[tuple[str, Path], data.ReidData] = {}
@@ -233,8 +234,6 @@ def _prepare_data(cells, world_size: int) -> None:
                 loaded[config.name, roots[config.name]] = data.load_dataset(config.name, roots[config.name])
                 kind = "synthetic" if config.synthetic else "real"
                 print(f"dataset {config.name} ({kind}): {roots[config.name]}", flush=True)
-        from harness.data.union import members
-
         ids = {cell.train_dataset: sum(loaded[m, roots[m]].num_train_ids for m in members(cell.train_dataset))}
         if cell.finetune_dataset:  # [grid] finetune_datasets: phases with on = "finetune" train on it
             ids[cell.finetune_dataset] = loaded[cell.finetune_dataset, roots[cell.finetune_dataset]].num_train_ids
@@ -252,6 +251,8 @@ def _check_cues(cell, roots: dict[str, Path]) -> None:
     """The cue maps the cell's method needs: kept off the device by data_on_device, and present on disk."""
     import torch
 
+    from harness.data.cues import DERIVED
+    from harness.data.union import members
     from methods import create_model
 
     with torch.device("meta"):  # no memory, no initialisation cost: only the declared cues are wanted
@@ -260,12 +261,8 @@ def _check_cues(cell, roots: dict[str, Path]) -> None:
     if cell.train.data_on_device and model.train_cues:
         raise UserError(f"[train] data_on_device keeps images only, but {cell.method}:{cell.variant} trains with cue maps "
                         f"({', '.join(model.train_cues)}); set data_on_device = false for this grid.")
-    from harness.data.union import members
-
     trained_on = [*members(cell.train_dataset), *([cell.finetune_dataset] if cell.finetune_dataset else [])]
     needs = [(d, cue) for d in trained_on for cue in model.train_cues] + [(d, cue) for d in cell.test_datasets for cue in model.test_cues]
-    from harness.data.cues import DERIVED
-
     for dataset, cue in dict.fromkeys((d, DERIVED.get(cue, cue)) for d, cue in needs):
         folder = roots[dataset] / "cues" / cue
         if not folder.is_dir():

@@ -205,7 +205,8 @@ def statuses(combinations: Sequence[Combination], store: Store) -> list[Combinat
             cell, test = missing[0]
             out.append(CombinationStatus(combo, "missing embeddings", (
                 f"cell {cell.id} ({part_name(cell)}) is done but kept no {test} embeddings (it ran with keep_embeddings "
-                f"= false, or before cells kept them); remove {store.root / 'rows' / cell.id}/ and run the spec again")))
+                f"= false, before cells kept them, or its method compares embeddings with its own distance, which "
+                f"cannot be combined); remove {store.root / 'rows' / cell.id}/ and run the spec again")))
             continue
         if _is_done(store, combo):
             out.append(CombinationStatus(combo, "done"))

@@ -24,7 +24,7 @@ from torchvision.transforms import v2 as T
 
 from harness import data
 from harness.data.loader import ImageDataset, train_transform
-from harness.data.synth_layouts import write_layout
+from harness.data.synthetic.layouts import write_layout
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CASES = {
@@ -38,23 +38,40 @@ CASES = {
 
 
 def reference(samples, size):
-    transform = T.Compose([T.ToImage(), T.Resize(size, antialias=True), T.RandomHorizontalFlip(0.5), T.Pad(10), T.RandomCrop(size),
-                           T.ToDtype(torch.float32, scale=True), T.Normalize(MEAN, STD), T.RandomErasing(p=0.5, value=0)])
+    transform = T.Compose(
+        [
+            T.ToImage(),
+            T.Resize(size, antialias=True),
+            T.RandomHorizontalFlip(0.5),
+            T.Pad(10),
+            T.RandomCrop(size),
+            T.ToDtype(torch.float32, scale=True),
+            T.Normalize(MEAN, STD),
+            T.RandomErasing(p=0.5, value=0),
+        ]
+    )
 
     def run():
         for s in samples:
             with Image.open(s.path) as image:
                 transform(image.convert("RGB"))
+
     return run
 
 
 def ours(samples, size, root, cues, in_memory=False):
-    dataset = ImageDataset(samples, train_transform(size, flip=0.5, padding=10, random_erasing=0.5), cues=cues, cue_root=root,
-                           in_memory=in_memory)
+    dataset = ImageDataset(
+        samples,
+        train_transform(size, flip=0.5, padding=10, random_erasing=0.5),
+        cues=cues,
+        cue_root=root,
+        in_memory=in_memory,
+    )
 
     def run():
         for i in range(len(dataset)):
             dataset[i]
+
     return run
 
 
@@ -83,8 +100,10 @@ def main() -> None:
         samples = data.load_dataset("market1501", root).train[: args.images]
         size = tuple(args.size)
         n = len(samples)
-        print(f"{n} synthetic Market-1501 training images (64x128 JPEG), input {size[0]}x{size[1]}, one worker, "
-              f"torch {torch.__version__}, {os.cpu_count()} CPUs, best of {args.repeats}")
+        print(
+            f"{n} synthetic Market-1501 training images (64x128 JPEG), input {size[0]}x{size[1]}, one worker, "
+            f"torch {torch.__version__}, {os.cpu_count()} CPUs, best of {args.repeats}"
+        )
         ref = rate(reference(samples, size), n, args.repeats)
         print(f"{'reference: PIL + torchvision v2, image only':42s} {ref:8.0f} img/s")
         for label, cues in CASES.items():

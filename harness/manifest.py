@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harness.store import Store, _atomic_write
+from harness.store import Store, atomic_write, atomic_write_many
 
 
 def path(store: Store, cell_id: str) -> Path:
@@ -35,8 +35,23 @@ def update(store: Store, cell_id: str, **fields: Any) -> dict[str, Any]:
     """Merge `fields` into the cell's record (a new submission starts it afresh with `replace`)."""
     record = {**(read(store, cell_id) or {}), "cell_id": cell_id, **fields}
     text = json.dumps(record, indent=2, sort_keys=True, default=str)
-    _atomic_write(path(store, cell_id), lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path(store, cell_id), lambda tmp: Path(tmp).write_text(text))
     return record
+
+
+def replace_many(
+    store: Store, records: dict[str, dict[str, Any]], also: list[tuple[Path, Any]] = ()
+) -> list[dict[str, Any]]:
+    """:func:`replace` for many cells (and ``also``, more (path, writer) pairs) in one batch of
+    atomic writes with a single disk flush (store.atomic_write_many)."""
+    out, writes = [], list(also)
+    for cell_id, fields in records.items():
+        record = {"cell_id": cell_id, "attempts": (read(store, cell_id) or {}).get("attempts", 0), **fields}
+        text = json.dumps(record, indent=2, sort_keys=True, default=str)
+        writes.append((path(store, cell_id), lambda tmp, text=text: Path(tmp).write_text(text)))
+        out.append(record)
+    atomic_write_many(writes)
+    return out
 
 
 def replace(store: Store, cell_id: str, **fields: Any) -> dict[str, Any]:

@@ -20,8 +20,11 @@ def now() -> datetime:
 
 def git_state() -> tuple[str | None, bool | None]:
     """The commit of reidbench's own source and whether tracked files differ from it."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(_SOURCE), *args], capture_output=True, text=True, check=True, timeout=30).stdout
+        return subprocess.run(
+            ["git", "-C", str(_SOURCE), *args], capture_output=True, text=True, check=True, timeout=30
+        ).stdout
 
     try:
         sha = git("rev-parse", "HEAD").strip()

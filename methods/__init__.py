@@ -2,25 +2,25 @@
 
 Every model follows one interface, so the engine never needs to know which method it trains:
 
-- ``model.train_cues`` / ``model.test_cues``: tuples of the cue maps (``"saliency"``, ``"parsing"``,
-  ``"densepose"``, ``"pose"``, ``"mask"``) the model needs in training and at test time; only those
+- ``model.train_cues`` / ``model.test_cues``: tuples of the cue maps the model needs in training and
+  at test time, as its method declares them per variant at registration (`method_cues`); only those
   are loaded. A model that declares none is called ``model(images)``; one that declares some is
-  called ``model(images, cues)``, ``cues`` a dict from cue name to a batched tensor, shapes in
-  harness/data/transforms.py (parsing: 5 l1-normalised regions; densepose: 24 DSAP images 32x32;
-  pose: 13 heatmaps at the feature-map size, 1/16 of the input with last_stride 1, else 1/32; saliency and mask: one map at input size);
+  called ``model(images, cues)``, ``cues`` a dict from cue name to a batched tensor. The cues, their
+  files and their tensor forms are the registry's (one table, in harness/data/cues.py);
 - ``model.embedding_dim``: the size of the test-time embedding;
 - ``model(images, cues)``: in training mode a dict of what the method's losses need, in eval mode
   the embedding, an (N, embedding_dim) tensor;
 - ``model.losses(outputs, pids)``: a dict of weighted loss terms whose sum is the training loss;
 - optionally ``model.distance(query, gallery)``: the method's own batched distance between blocks of
   test-time outputs (query rows x gallery rows, float32), used instead of the Euclidean distance for
-  plain and re-ranked evaluation (see harness/distance.py).
+  plain and re-ranked evaluation (see harness/eval/distance.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from torch import nn
 
@@ -28,22 +28,53 @@ from methods import backbones as backbones  # noqa: F401  (registers the backbon
 
 
 @dataclass(frozen=True)
+class Cues:
+    """The cue maps a variant's model needs: in training, and at test time (names from harness/data/cues.py)."""
+
+    train: tuple[str, ...] = ()
+    test: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class MethodInfo:
     name: str
     builder: Callable[..., nn.Module]
     variants: tuple[str, ...]  # the first is the default
+    cues: Mapping[str, Cues]  # variant -> its declared cues
+    triplet: bool = True  # trains with a triplet loss: needs K >= 2 images of an identity per batch
+    revision: int = 0  # raised when the method's models change what they compute (part of its cells' ids)
 
 
 _METHODS: dict[str, MethodInfo] = {}
 
 
-def register_method(name: str, *, variants: tuple[str, ...]) -> Callable:
-    """Register a model builder ``f(*, variant, backbone, num_classes, **options)`` under `name`."""
+def register_method(
+    name: str, *, variants: Mapping[str, Cues] | Sequence[str], triplet: bool = True, revision: int = 0
+) -> Callable:
+    """Register a model builder ``f(*, variant, backbone, num_classes, **options)`` under `name`.
+
+    `variants` maps each variant to the cues its model declares (``model.train_cues``/``test_cues``),
+    so listing and checking cues never builds a model; a plain sequence of names means no cues. The
+    first variant is the default. The contract test (tests/test_methods.py) holds every built model
+    to its declaration. `triplet`: whether its losses include a triplet loss (the spec then needs
+    images_per_id >= 2). `revision`: raise it when a change makes the same spec cell compute something
+    else (another architecture, other cue maps), so the cell gets a new id and a store never mixes the
+    old model's results with the new one's; 0 leaves the ids as they were.
+    """
+    if isinstance(variants, str):
+        raise TypeError(
+            f"method {name!r}: variants must be a sequence of names or a mapping, not the string {variants!r}"
+        )
+    declared = dict(variants) if isinstance(variants, Mapping) else {v: Cues() for v in variants}
+    bad = [v for v, cues in declared.items() if not isinstance(cues, Cues)]
+    if bad:
+        raise TypeError(f"method {name!r}: the cues of variant(s) {', '.join(bad)} must be Cues(train=..., test=...)")
+    declared = {v: Cues(tuple(c.train), tuple(c.test)) for v, c in declared.items()}
 
     def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _METHODS:
             raise ValueError(f"method {name!r} is registered twice")
-        _METHODS[name] = MethodInfo(name, builder, variants)
+        _METHODS[name] = MethodInfo(name, builder, tuple(declared), MappingProxyType(declared), triplet, revision)
         return builder
 
     return decorate
@@ -55,6 +86,26 @@ def method_names() -> list[str]:
 
 def method_variants(name: str) -> tuple[str, ...]:
     return _METHODS[name].variants
+
+
+def method_cues(name: str, variant: str | None = None) -> Cues:
+    """The cues variant `variant` (default: the first) of method `name` declares, without building it."""
+    if name not in _METHODS:
+        raise KeyError(f"unknown method {name!r}; registered: {', '.join(method_names())}")
+    info = _METHODS[name]
+    variant = variant or info.variants[0]
+    if variant not in info.cues:
+        raise KeyError(f"method {name!r} has no variant {variant!r}; it has {', '.join(info.variants)}")
+    return info.cues[variant]
+
+
+def uses_triplet(name: str) -> bool:
+    return _METHODS[name].triplet
+
+
+def method_revision(name: str) -> int:
+    """The method's model revision (0 for a method not registered: its cells fail elsewhere, by name)."""
+    return _METHODS[name].revision if name in _METHODS else 0
 
 
 def method_builder(name: str) -> Callable[..., nn.Module]:

@@ -21,8 +21,19 @@ dilation: Luo et al.'s re-ID trick, as for the ResNets):
 
 Taps (``forward_with_tap``), the layer SSP-ReID §4.1 joins cue maps to:
 
-- ``res5c`` for the ResNets and ResNet50-M: "the output of layer Res5C for ResNet50 and ResNet50-M",
-  the last block of res5 (for the plain ResNets that is the final map itself);
+- ``res4f`` for ResNet-50 and ResNet50-M: the output of res4 (torchvision's ``layer3``, its sixth
+  and last block res4f; 1024 channels, 1/16), as the authors' code taps them, not the "Res5C" that
+  §4.1 prints. The paper's own premise is an intermediate layer: "we take the feature map from an
+  intermediate layer and join it with saliency map" (3.2), "we use intermediate layers instead of
+  the last one since we consider that very deep layer representation encodes too abstract
+  information" (2.2), while Res5C is ResNet-50's final map. The authors' released code
+  (github.com/RQuispeC/saliency-semantic-parsing-reid, models/ResNet.py: ``ResNet50_salience``,
+  ``ResNet50_parsing``, ``ResNet50M_salience``, ``ResNet50M_parsing``) joins the cues to ``x4f =
+  self.layers4f(x4e)`` (``base[6][5]``, torchvision ``layer3[5]``) with ``feat_dim`` 3072 / 7168
+  (ResNet-50) and 4096 / 8192 (ResNet50-M), and its README's model sizes (25.81 / 28.89 M for
+  ResNet50 + S-ReID / SP-ReID, 30.78 / 33.85 M for ResNet50-M) are those of a 1024-channel tap
+  (tests/test_ssp_reid.py checks every model's size against them). ResNet-18 and ResNet-152, which
+  SSP-ReID does not use, tap res4 too by analogy (``res4b``: 256 channels; ``res4b35``: 1024);
 - ``inception_b7`` for Inception-V4: "the output last Inception-B block" (1024 channels, 1/16);
 - ``middle_flow`` for Xception: "the output of Middle Flow layer" (block 11, 728 channels, 1/16);
 - ``transition2`` for DenseNet121: "the output of the second composite function". DenseNet's paper
@@ -61,8 +72,17 @@ from torch import nn
 
 from methods.weights import MissingWeights, WeightsFile, missing_message, require_cached
 
-__all__ = ["Backbone", "BackboneInfo", "MissingWeights", "backbone_info", "backbone_names", "check_cached",
-           "create_backbone", "pretrained_weights_file", "register_backbone"]
+__all__ = [
+    "Backbone",
+    "BackboneInfo",
+    "MissingWeights",
+    "backbone_info",
+    "backbone_names",
+    "check_cached",
+    "create_backbone",
+    "pretrained_weights_file",
+    "register_backbone",
+]
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # how harness/data normalises images
 
@@ -105,8 +125,9 @@ class BackboneInfo:
 _BACKBONES: dict[str, BackboneInfo] = {}
 
 
-def register_backbone(name: str, *, source: str, out_channels: int, tap_name: str, tap_channels: int,
-                      weights: WeightsFile) -> Callable:
+def register_backbone(
+    name: str, *, source: str, out_channels: int, tap_name: str, tap_channels: int, weights: WeightsFile
+) -> Callable:
     def decorate(builder: Callable[..., Backbone]) -> Callable[..., Backbone]:
         _BACKBONES[name] = BackboneInfo(name, builder, source, out_channels, tap_name, tap_channels, weights)
         return builder
@@ -147,6 +168,7 @@ def check_cached(names: list[str]) -> None:
 
 # Building blocks: surgery on the networks torchvision and timm build, never a re-written layer.
 
+
 class _Renormalise(nn.Module):
     """ImageNet-normalised input -> the normalisation `mean`, `std` that the weights were trained with."""
 
@@ -179,6 +201,10 @@ def _unstride(module: nn.Module) -> None:
 
 # ResNets (torchvision)
 
+
+_RES4_TAP = {2: "res4b", 6: "res4f", 36: "res4b35"}  # res4's last block, in Caffe's names, by its block count
+
+
 class _TorchvisionResNet(Backbone):
     def __init__(self, net: torchvision.models.ResNet, last_stride: int):
         super().__init__()
@@ -187,15 +213,16 @@ class _TorchvisionResNet(Backbone):
         strided.stride = block.downsample[0].stride = (last_stride, last_stride)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
-        self.out_channels = self.tap_channels = net.fc.in_features
-        self.tap_name = "res5c"
+        self.out_channels = net.fc.in_features
+        self.tap_channels = net.layer4[0].conv1.in_channels  # res4's output feeds res5a
+        self.tap_name = _RES4_TAP[len(net.layer3)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
 
     def forward_with_tap(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        final = self(x)
-        return final, final
+        tap = self.layer3(self.layer2(self.layer1(self.stem(x))))
+        return self.layer4(tap), tap
 
 
 class _ResNet50M(_TorchvisionResNet):
@@ -205,7 +232,7 @@ class _ResNet50M(_TorchvisionResNet):
 
     def __init__(self, net: torchvision.models.ResNet, last_stride: int):
         super().__init__(net, last_stride)
-        width = self.tap_channels
+        width = self.out_channels
         self.fuse = nn.Sequential(nn.Linear(2 * width, self.FUSED), nn.BatchNorm1d(self.FUSED), nn.ReLU(inplace=True))
         self.out_channels = width + self.FUSED
 
@@ -213,11 +240,12 @@ class _ResNet50M(_TorchvisionResNet):
         return self.forward_with_tap(x)[0]
 
     def forward_with_tap(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        res5a = self.layer4[0](self.layer3(self.layer2(self.layer1(self.stem(x)))))
+        res4f = self.layer3(self.layer2(self.layer1(self.stem(x))))
+        res5a = self.layer4[0](res4f)
         res5b = self.layer4[1](res5a)
         res5c = self.layer4[2](res5b)
         fused = self.fuse(torch.cat([res5a.mean(dim=(2, 3)), res5b.mean(dim=(2, 3))], dim=1))
-        return torch.cat([res5c, fused[:, :, None, None].expand(-1, -1, *res5c.shape[-2:])], dim=1), res5c
+        return torch.cat([res5c, fused[:, :, None, None].expand(-1, -1, *res5c.shape[-2:])], dim=1), res4f
 
 
 def _resnet(name: str, weights: Path | None, last_stride: int, cls=_TorchvisionResNet) -> Backbone:
@@ -235,32 +263,52 @@ def _tv(weights: torchvision.models.WeightsEnum) -> WeightsFile:
 _RESNET50 = _tv(torchvision.models.ResNet50_Weights.IMAGENET1K_V1)
 
 
-@register_backbone("resnet18", source="torchvision resnet18", out_channels=512, tap_name="res5c", tap_channels=512,
-                   weights=_tv(torchvision.models.ResNet18_Weights.IMAGENET1K_V1))
+@register_backbone(
+    "resnet18",
+    source="torchvision resnet18",
+    out_channels=512,
+    tap_name="res4b",
+    tap_channels=256,
+    weights=_tv(torchvision.models.ResNet18_Weights.IMAGENET1K_V1),
+)
 def resnet18(*, weights: Path | None, last_stride: int) -> Backbone:
     """A small backbone for quick tests."""
     return _resnet("resnet18", weights, last_stride)
 
 
-@register_backbone("resnet50", source="torchvision resnet50", out_channels=2048, tap_name="res5c", tap_channels=2048,
-                   weights=_RESNET50)
+@register_backbone(
+    "resnet50", source="torchvision resnet50", out_channels=2048, tap_name="res4f", tap_channels=1024, weights=_RESNET50
+)
 def resnet50(*, weights: Path | None, last_stride: int) -> Backbone:
     return _resnet("resnet50", weights, last_stride)
 
 
-@register_backbone("resnet152", source="torchvision resnet152", out_channels=2048, tap_name="res5c", tap_channels=2048,
-                   weights=_tv(torchvision.models.ResNet152_Weights.IMAGENET1K_V1))
+@register_backbone(
+    "resnet152",
+    source="torchvision resnet152",
+    out_channels=2048,
+    tap_name="res4b35",
+    tap_channels=1024,
+    weights=_tv(torchvision.models.ResNet152_Weights.IMAGENET1K_V1),
+)
 def resnet152(*, weights: Path | None, last_stride: int) -> Backbone:
     return _resnet("resnet152", weights, last_stride)
 
 
-@register_backbone("resnet50m", source="torchvision resnet50 + mid-level fusion (Yu et al. 2018)", out_channels=3072,
-                   tap_name="res5c", tap_channels=2048, weights=_RESNET50)
+@register_backbone(
+    "resnet50m",
+    source="torchvision resnet50 + mid-level fusion (Yu et al. 2018)",
+    out_channels=3072,
+    tap_name="res4f",
+    tap_channels=1024,
+    weights=_RESNET50,
+)
 def resnet50m(*, weights: Path | None, last_stride: int) -> Backbone:
     return _resnet("resnet50m", weights, last_stride, cls=_ResNet50M)
 
 
 # DenseNet-121 (torchvision)
+
 
 class _DenseNet(Backbone):
     def __init__(self, net: torchvision.models.DenseNet, last_stride: int):
@@ -268,18 +316,29 @@ class _DenseNet(Backbone):
         f = net.features
         if last_stride == 1:
             f.transition3.pool = nn.Identity()
-        self.to_tap = nn.Sequential(f.conv0, f.norm0, f.relu0, f.pool0, f.denseblock1, f.transition1, f.denseblock2,
-                                    f.transition2)
+        self.to_tap = nn.Sequential(
+            f.conv0, f.norm0, f.relu0, f.pool0, f.denseblock1, f.transition1, f.denseblock2, f.transition2
+        )
         self.after_tap = nn.Sequential(f.denseblock3, f.transition3, f.denseblock4, f.norm5, nn.ReLU(inplace=True))
-        self.out_channels, self.tap_channels, self.tap_name = f.norm5.num_features, f.transition2.conv.out_channels, "transition2"
+        self.out_channels, self.tap_channels, self.tap_name = (
+            f.norm5.num_features,
+            f.transition2.conv.out_channels,
+            "transition2",
+        )
 
     def forward_with_tap(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tap = self.to_tap(x)
         return self.after_tap(tap), tap
 
 
-@register_backbone("densenet121", source="torchvision densenet121", out_channels=1024, tap_name="transition2",
-                   tap_channels=256, weights=_tv(torchvision.models.DenseNet121_Weights.IMAGENET1K_V1))
+@register_backbone(
+    "densenet121",
+    source="torchvision densenet121",
+    out_channels=1024,
+    tap_name="transition2",
+    tap_channels=256,
+    weights=_tv(torchvision.models.DenseNet121_Weights.IMAGENET1K_V1),
+)
 def densenet121(*, weights: Path | None, last_stride: int) -> Backbone:
     tv = torchvision.models.DenseNet121_Weights.IMAGENET1K_V1 if weights is not None else None
     # With the file cached, torchvision reads it from the same cache (and renames its old-style keys).
@@ -287,6 +346,7 @@ def densenet121(*, weights: Path | None, last_stride: int) -> Backbone:
 
 
 # Inception-V3 (torchvision)
+
 
 class _PaddedReduction(nn.Module):
     """A torchvision Inception-V3 grid reduction on a zero-padded input; stride 1 or 2.
@@ -308,18 +368,39 @@ class _PaddedReduction(nn.Module):
         if self.stride == 2:
             return self.block(x)
         b = self.block  # torchvision's InceptionD: the branches of its forward, pooled at stride 1
-        return torch.cat([b.branch3x3_2(b.branch3x3_1(x)),
-                          b.branch7x7x3_4(b.branch7x7x3_3(b.branch7x7x3_2(b.branch7x7x3_1(x)))),
-                          F.max_pool2d(x, kernel_size=3, stride=1)], dim=1)
+        return torch.cat(
+            [
+                b.branch3x3_2(b.branch3x3_1(x)),
+                b.branch7x7x3_4(b.branch7x7x3_3(b.branch7x7x3_2(b.branch7x7x3_1(x)))),
+                F.max_pool2d(x, kernel_size=3, stride=1),
+            ],
+            dim=1,
+        )
 
 
 class _InceptionV3(Backbone):
     def __init__(self, net: torchvision.models.Inception3, last_stride: int):
         super().__init__()
-        self.stem = nn.Sequential(_Renormalise((0.5,) * 3, (0.5,) * 3), _pad_to_keep_size(nn.Sequential(
-            net.Conv2d_1a_3x3, net.Conv2d_2a_3x3, net.Conv2d_2b_3x3, net.maxpool1, net.Conv2d_3b_1x1, net.Conv2d_4a_3x3,
-            net.maxpool2)), net.Mixed_5b, net.Mixed_5c, net.Mixed_5d)
-        self.to_tap = nn.Sequential(_PaddedReduction(net.Mixed_6a, 2), net.Mixed_6b, net.Mixed_6c, net.Mixed_6d, net.Mixed_6e)
+        self.stem = nn.Sequential(
+            _Renormalise((0.5,) * 3, (0.5,) * 3),
+            _pad_to_keep_size(
+                nn.Sequential(
+                    net.Conv2d_1a_3x3,
+                    net.Conv2d_2a_3x3,
+                    net.Conv2d_2b_3x3,
+                    net.maxpool1,
+                    net.Conv2d_3b_1x1,
+                    net.Conv2d_4a_3x3,
+                    net.maxpool2,
+                )
+            ),
+            net.Mixed_5b,
+            net.Mixed_5c,
+            net.Mixed_5d,
+        )
+        self.to_tap = nn.Sequential(
+            _PaddedReduction(net.Mixed_6a, 2), net.Mixed_6b, net.Mixed_6c, net.Mixed_6d, net.Mixed_6e
+        )
         self.after_tap = nn.Sequential(_PaddedReduction(net.Mixed_7a, last_stride), net.Mixed_7b, net.Mixed_7c)
         self.out_channels, self.tap_channels, self.tap_name = net.fc.in_features, 768, "mixed_6e"
 
@@ -328,8 +409,14 @@ class _InceptionV3(Backbone):
         return self.after_tap(tap), tap
 
 
-@register_backbone("inception_v3", source="torchvision inception_v3 (no auxiliary classifier)", out_channels=2048,
-                   tap_name="mixed_6e", tap_channels=768, weights=_tv(torchvision.models.Inception_V3_Weights.IMAGENET1K_V1))
+@register_backbone(
+    "inception_v3",
+    source="torchvision inception_v3 (no auxiliary classifier)",
+    out_channels=2048,
+    tap_name="mixed_6e",
+    tap_channels=768,
+    weights=_tv(torchvision.models.Inception_V3_Weights.IMAGENET1K_V1),
+)
 def inception_v3(*, weights: Path | None, last_stride: int) -> Backbone:
     if weights is None:
         net = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False)
@@ -339,6 +426,7 @@ def inception_v3(*, weights: Path | None, last_stride: int) -> Backbone:
 
 
 # Inception-V4 and Xception (timm)
+
 
 def _timm(model: str, weights: Path | None) -> nn.Module:
     import timm  # imported here: a second to import, and only these two backbones need it
@@ -368,13 +456,23 @@ class _InceptionV4(Backbone):
 
 
 # timm keeps Inception-V4's ImageNet weights only on the Hugging Face hub (a test checks these against timm's config).
-_INCEPTION_V4 = WeightsFile("https://huggingface.co/timm/inception_v4.tf_in1k/resolve/main/model.safetensors",
-                            file="timm_inception_v4.tf_in1k.safetensors")
-_XCEPTION = WeightsFile("https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-cadene/xception-43020ad28.pth")
+_INCEPTION_V4 = WeightsFile(
+    "https://huggingface.co/timm/inception_v4.tf_in1k/resolve/main/model.safetensors",
+    file="timm_inception_v4.tf_in1k.safetensors",
+)
+_XCEPTION = WeightsFile(
+    "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-cadene/xception-43020ad28.pth"
+)
 
 
-@register_backbone("inception_v4", source="timm inception_v4 (tf_in1k)", out_channels=1536, tap_name="inception_b7",
-                   tap_channels=1024, weights=_INCEPTION_V4)
+@register_backbone(
+    "inception_v4",
+    source="timm inception_v4 (tf_in1k)",
+    out_channels=1536,
+    tap_name="inception_b7",
+    tap_channels=1024,
+    weights=_INCEPTION_V4,
+)
 def inception_v4(*, weights: Path | None, last_stride: int) -> Backbone:
     return _InceptionV4(_timm("inception_v4", weights), last_stride)
 
@@ -385,8 +483,18 @@ class _Xception(Backbone):
         _pad_to_keep_size(net)
         if last_stride == 1:
             _unstride(net.block12)
-        self.entry = nn.Sequential(_Renormalise((0.5,) * 3, (0.5,) * 3), net.conv1, net.bn1, net.act1, net.conv2, net.bn2,
-                                   net.act2, net.block1, net.block2, net.block3)
+        self.entry = nn.Sequential(
+            _Renormalise((0.5,) * 3, (0.5,) * 3),
+            net.conv1,
+            net.bn1,
+            net.act1,
+            net.conv2,
+            net.bn2,
+            net.act2,
+            net.block1,
+            net.block2,
+            net.block3,
+        )
         self.middle = nn.Sequential(*(getattr(net, f"block{i}") for i in range(4, 12)))
         self.exit = nn.Sequential(net.block12, net.conv3, net.bn3, net.act3, net.conv4, net.bn4, net.act4)
         self.out_channels, self.tap_channels, self.tap_name = net.num_features, 728, "middle_flow"
@@ -396,7 +504,13 @@ class _Xception(Backbone):
         return self.exit(tap), tap
 
 
-@register_backbone("xception", source="timm legacy_xception (Chollet's original Xception, tf_in1k)", out_channels=2048,
-                   tap_name="middle_flow", tap_channels=728, weights=_XCEPTION)
+@register_backbone(
+    "xception",
+    source="timm legacy_xception (Chollet's original Xception, tf_in1k)",
+    out_channels=2048,
+    tap_name="middle_flow",
+    tap_channels=728,
+    weights=_XCEPTION,
+)
 def xception(*, weights: Path | None, last_stride: int) -> Backbone:
     return _Xception(_timm("legacy_xception", weights), last_stride)

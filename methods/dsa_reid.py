@@ -52,7 +52,7 @@ Choices where the paper is silent or ambiguous, with the sentence each rests on:
   with ("Thanks to the joint training, DSA-Global/Local(Joint) significantly outperforms
   DSA-Global/Local(Single)"), so these and the Joint and fused rows need the densepose cue at test.
 - CSA: "replacing the 24 DSAP-images by 24 cropped part images": the ``densepose-crops`` cue, each
-  part's bounding box in the image resized to 32 x 32 (see harness/data/transforms.py).
+  part's bounding box in the image resized to 32 x 32 (see harness/data/body_maps.py `part_crops`).
 - Concatenation+fc: "for either branch, the features from the MF-Stream and the DSAG-Stream are
   concatenated followed by a fully connected layer": zG = W_G [fG, dG], zL = W_L [fL, dL], each a
   Linear(2C, C) with bias.
@@ -64,17 +64,42 @@ import torch
 import torchvision
 from torch import nn
 
-from methods import register_method
+from methods import Cues, register_method
 from methods.backbones import create_backbone
 from methods.losses import batch_hard_triplet, identity_loss
 
 VARIANTS = (
-    "full", "full-cuhk03-pretrained", "baseline", "baseline-re", "baseline-re-ls", "two-branches",
-    "global-single", "local-single", "global-joint", "local-joint", "two-streams-fused", "csa", "concat-fc",
+    "full",
+    "full-cuhk03-pretrained",
+    "baseline",
+    "baseline-re",
+    "baseline-re-ls",
+    "two-branches",
+    "global-single",
+    "local-single",
+    "global-joint",
+    "local-joint",
+    "two-streams-fused",
+    "csa",
+    "concat-fc",
 )
 NUM_PARTS = 8
 # DensePose parts 1..24 -> 13 by adding left-right pairs (Fig. 4's M1..M13).
-MERGE_24_TO_13 = ((1,), (2,), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16), (17, 18), (19, 20), (21, 22), (23, 24))
+MERGE_24_TO_13 = (
+    (1,),
+    (2,),
+    (3, 4),
+    (5, 6),
+    (7, 8),
+    (9, 10),
+    (11, 12),
+    (13, 14),
+    (15, 16),
+    (17, 18),
+    (19, 20),
+    (21, 22),
+    (23, 24),
+)
 # M1..M13 -> 8 by adding front-back pairs: torso, hand, foot, upper leg, lower leg, upper arm, lower arm, head.
 MERGE_13_TO_8 = ((1, 2), (3,), (4,), (5, 6), (7, 8), (9, 10), (11, 12), (13,))
 PART_NAMES = ("torso", "hand", "foot", "upper-leg", "lower-leg", "upper-arm", "lower-arm", "head")
@@ -104,7 +129,9 @@ class Merge(nn.Module):
 
 
 def _conv(in_ch: int, out_ch: int, kernel: int, stride: int, groups: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(out_ch))
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(out_ch)
+    )
 
 
 class Block(nn.Module):
@@ -112,13 +139,27 @@ class Block(nn.Module):
     convolutions): "basic" is two 3x3 convolutions, "bottleneck" 1x1, 3x3 (strided), 1x1. Widths
     are totals over the branches. `in_groups` = 1 lets every branch read the whole input."""
 
-    def __init__(self, kind: str, in_ch: int, mid: int, out: int, *, stride: int = 1, groups: int = 1, in_groups: int | None = None):
+    def __init__(
+        self,
+        kind: str,
+        in_ch: int,
+        mid: int,
+        out: int,
+        *,
+        stride: int = 1,
+        groups: int = 1,
+        in_groups: int | None = None,
+    ):
         super().__init__()
         in_groups = groups if in_groups is None else in_groups
         if kind == "basic":
             layers = [_conv(in_ch, out, 3, stride, in_groups), _conv(out, out, 3, 1, groups)]
         elif kind == "bottleneck":
-            layers = [_conv(in_ch, mid, 1, 1, in_groups), _conv(mid, mid, 3, stride, groups), _conv(mid, out, 1, 1, groups)]
+            layers = [
+                _conv(in_ch, mid, 1, 1, in_groups),
+                _conv(mid, mid, 3, stride, groups),
+                _conv(mid, out, 1, 1, groups),
+            ]
         else:
             raise ValueError(f"unknown block kind {kind!r}; known: basic, bottleneck")
         self.layers = nn.ModuleList(layers)
@@ -134,7 +175,17 @@ class Block(nn.Module):
         return self.relu(y + self.shortcut(x))
 
 
-def stage(kind: str, in_ch: int, mid: int, out: int, blocks: int, *, stride: int, groups: int = 1, in_groups: int | None = None) -> nn.Sequential:
+def stage(
+    kind: str,
+    in_ch: int,
+    mid: int,
+    out: int,
+    blocks: int,
+    *,
+    stride: int,
+    groups: int = 1,
+    in_groups: int | None = None,
+) -> nn.Sequential:
     first = Block(kind, in_ch, mid, out, stride=stride, groups=groups, in_groups=in_groups)
     return nn.Sequential(first, *(Block(kind, out, mid, out, groups=groups) for _ in range(blocks - 1)))
 
@@ -158,8 +209,12 @@ class Classifier(nn.Module):
     def __init__(self, in_features: int, num_classes: int):
         super().__init__()
         hidden = min(in_features, 512)
-        self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
-                                 nn.Linear(hidden, num_classes))
+        self.net = nn.Sequential(
+            nn.Linear(in_features, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, num_classes),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -198,8 +253,10 @@ class DsagStream(nn.Module):
         p, m, n = parts, len(MERGE_24_TO_13), NUM_PARTS
         self.parts = parts
         self.mbn = nn.Sequential(
-            _conv(3 * p, 32 * p, 5, 1, p), nn.ReLU(inplace=True),
-            _conv(32 * p, 64 * p, 3, 1, p), nn.ReLU(inplace=True),
+            _conv(3 * p, 32 * p, 5, 1, p),
+            nn.ReLU(inplace=True),
+            _conv(32 * p, 64 * p, 3, 1, p),
+            nn.ReLU(inplace=True),
             stage("basic", 64 * p, 0, 64 * p, 2, stride=2, groups=p),
             Merge(MERGE_24_TO_13, p),
             stage("basic", 64 * m, 0, 128 * m, 2, stride=2, groups=m),
@@ -214,7 +271,9 @@ class DsagStream(nn.Module):
     def forward(self, parts: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         b, p, c, h, w = parts.shape
         if p != self.parts or c != 3:
-            raise ValueError(f"the DSAG-Stream reads ({self.parts}, 3, H, W) part images per person, got {tuple(parts.shape[1:])}")
+            raise ValueError(
+                f"the DSAG-Stream reads ({self.parts}, 3, H, W) part images per person, got {tuple(parts.shape[1:])}"
+            )
         return self.head(self.mbn(parts.reshape(b, p * c, h, w)))
 
 
@@ -222,8 +281,21 @@ class DsaReid(nn.Module):
     """MF-Stream (+ DSAG-Stream in training); `test` picks the inference feature: "mf" = [fG, fL],
     "zg", "zl", "fused" = [zG, zL]; the last three run the DSAG-Stream at test time too."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int, *, use_global: bool, use_local: bool, dsag: bool,
-                 fusion: str, test: str, cue: str, local_input: str, label_smoothing: float, triplet_margin: float):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        *,
+        use_global: bool,
+        use_local: bool,
+        dsag: bool,
+        fusion: str,
+        test: str,
+        cue: str,
+        local_input: str,
+        label_smoothing: float,
+        triplet_margin: float,
+    ):
         super().__init__()
         kind, c4, inner, width, blocks, stride = _resnet_layout(backbone)
         if width % NUM_PARTS:
@@ -233,8 +305,18 @@ class DsaReid(nn.Module):
         self.trunk = nn.Sequential(backbone.stem, backbone.layer1, backbone.layer2, backbone.layer3)
         self.mf_head = TwoBranchHead(
             stage(kind, c4, inner, width, blocks, stride=stride) if use_global else None,
-            stage(kind, c4, inner, width, blocks, stride=stride, groups=NUM_PARTS,
-                  in_groups=1 if local_input == "whole" else NUM_PARTS) if use_local else None,
+            stage(
+                kind,
+                c4,
+                inner,
+                width,
+                blocks,
+                stride=stride,
+                groups=NUM_PARTS,
+                in_groups=1 if local_input == "whole" else NUM_PARTS,
+            )
+            if use_local
+            else None,
         )
         init_random(self.mf_head)
         self.dsag = DsagStream(width, use_global=use_global, use_local=use_local) if dsag else None
@@ -247,7 +329,9 @@ class DsaReid(nn.Module):
         self.fuse_l = nn.Linear(2 * width, width) if concat and use_local else None
         self.id_fg = Classifier(width, num_classes) if use_global else None
         self.id_zg = Classifier(width, num_classes) if use_global else None
-        self.id_fl = nn.ModuleList(Classifier(width // NUM_PARTS, num_classes) for _ in range(NUM_PARTS)) if use_local else None
+        self.id_fl = (
+            nn.ModuleList(Classifier(width // NUM_PARTS, num_classes) for _ in range(NUM_PARTS)) if use_local else None
+        )
         self.id_zl = Classifier(width, num_classes) if use_local else None
         self.train_cues = (cue,) if dsag else ()
         self.test_cues = (cue,) if test != "mf" else ()
@@ -279,8 +363,11 @@ class DsaReid(nn.Module):
             out.update(zg=zg, logits_fg=self.id_fg(fg), logits_zg=self.id_zg(zg))
         if fl is not None:
             parts = fl.view(fl.shape[0], NUM_PARTS, -1)
-            out.update(zl=zl, logits_zl=self.id_zl(zl),
-                       logits_fl=torch.stack([head(parts[:, i]) for i, head in enumerate(self.id_fl)], dim=1))
+            out.update(
+                zl=zl,
+                logits_zl=self.id_zl(zl),
+                logits_fl=torch.stack([head(parts[:, i]) for i, head in enumerate(self.id_fl)], dim=1),
+            )
         return out
 
     def losses(self, outputs: dict[str, torch.Tensor], pids: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -292,7 +379,9 @@ class DsaReid(nn.Module):
             terms["id_zg"] = W_FUSED_ID * identity_loss(outputs["logits_zg"], pids, ls)
         if "zl" in outputs:
             logits = outputs["logits_fl"]
-            terms["id_fl"] = W_MF_ID * NUM_PARTS * identity_loss(logits.flatten(0, 1), pids.repeat_interleave(NUM_PARTS), ls)
+            terms["id_fl"] = (
+                W_MF_ID * NUM_PARTS * identity_loss(logits.flatten(0, 1), pids.repeat_interleave(NUM_PARTS), ls)
+            )
             terms["triplet_zl"] = W_TRIPLET * batch_hard_triplet(outputs["zl"], pids, margin)
             terms["id_zl"] = W_FUSED_ID * identity_loss(outputs["logits_zl"], pids, ls)
         return terms
@@ -337,7 +426,16 @@ _DESIGNS = {
 }
 
 
-@register_method("dsa-reid", variants=VARIANTS)
+def _cues(variant: str) -> Cues:
+    """A variant's cues, from its design: the DSAG-Stream's cue in training, and at test time unless
+    the embedding is the MF-Stream's alone; the ResNet baselines use none."""
+    if variant not in _DESIGNS:
+        return Cues()
+    _, _, dsag, _, test, cue = _DESIGNS[variant]
+    return Cues(train=(cue,) if dsag else (), test=(cue,) if test != "mf" else ())
+
+
+@register_method("dsa-reid", variants={variant: _cues(variant) for variant in VARIANTS})
 def build_dsa_reid(
     *,
     variant: str,
@@ -355,5 +453,16 @@ def build_dsa_reid(
     if variant.startswith("baseline"):
         return ResNetBaseline(net, num_classes, label_smoothing=label_smoothing, triplet_margin=triplet_margin)
     use_global, use_local, dsag, fusion, test, cue = _DESIGNS[variant]
-    return DsaReid(net, num_classes, use_global=use_global, use_local=use_local, dsag=dsag, fusion=fusion, test=test,
-                   cue=cue, local_input=local_input, label_smoothing=label_smoothing, triplet_margin=triplet_margin)
+    return DsaReid(
+        net,
+        num_classes,
+        use_global=use_global,
+        use_local=use_local,
+        dsag=dsag,
+        fusion=fusion,
+        test=test,
+        cue=cue,
+        local_input=local_input,
+        label_smoothing=label_smoothing,
+        triplet_margin=triplet_margin,
+    )

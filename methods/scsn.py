@@ -73,8 +73,12 @@ PYRAMID_BINS = (1, 3, 6, 8)  # pyramid average pooling of NMFF's keys and values
 RESNET50_WIDTH = 2048  # nmff_channels are given in ResNet-50 units
 
 _ATTENTION = {  # variant -> (CAM, spatial attention: None | "sam" | "rsam")
-    "baseline": (False, None), "cam": (True, None), "sam": (False, "sam"), "rsam": (False, "rsam"),
-    "cam-sam": (True, "sam"), "rdam": (True, "rsam"),
+    "baseline": (False, None),
+    "cam": (True, None),
+    "sam": (False, "sam"),
+    "rsam": (False, "rsam"),
+    "cam-sam": (True, "sam"),
+    "rdam": (True, "rsam"),
 }
 _ALL_STAGES = (1, 2, 3)  # low-level ResNet stages fused into stage 4 by the full NMFF
 VARIANTS: dict[str, tuple[bool, str | None, int, tuple[int, ...]]] = {  # -> (CAM, SAM, cascade stages, NMFF)
@@ -99,8 +103,9 @@ class ChannelAttention(nn.Module):
     def __init__(self, channels: int, reduction: int = 16):
         super().__init__()
         hidden = max(channels // reduction, 1)
-        self.mlp = nn.Sequential(nn.Linear(channels, hidden, bias=False), nn.ReLU(inplace=True),
-                                 nn.Linear(hidden, channels, bias=False))
+        self.mlp = nn.Sequential(
+            nn.Linear(channels, hidden, bias=False), nn.ReLU(inplace=True), nn.Linear(hidden, channels, bias=False)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = torch.sigmoid(self.mlp(x.mean(dim=(2, 3))) + self.mlp(x.amax(dim=(2, 3))))
@@ -182,7 +187,7 @@ class NonLocalFusion(nn.Module):
         self.query = nn.Conv2d(high_channels, key_channels, 1)
         self.key = nn.Conv2d(low_channels, key_channels, 1)
         self.value = nn.Conv2d(low_channels, value_channels, 1)
-        self.scale = key_channels ** -0.5
+        self.scale = key_channels**-0.5
 
     def forward(self, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
         b, _, h, w = high.shape
@@ -200,7 +205,8 @@ class MultiStageFusion(nn.Module):
         self.stages = stages
         high = stage_widths[-1]
         self.pairs = nn.ModuleList(
-            NonLocalFusion(high, stage_widths[s - 1], value_channels, key_channels) for s in stages)
+            NonLocalFusion(high, stage_widths[s - 1], value_channels, key_channels) for s in stages
+        )
         self.reduce = nn.Sequential(nn.Conv2d(len(stages) * value_channels, high, 1, bias=False), nn.BatchNorm2d(high))
         nn.init.zeros_(self.reduce[1].weight)  # start as the identity: the backbone's own features
 
@@ -241,7 +247,9 @@ class SalientFeatureExtraction(nn.Module):
         return x + x * weights[:, rows][:, None, :, None], weights
 
 
-def suppress_most_salient(x: torch.Tensor, weights: torch.Tensor, kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def suppress_most_salient(
+    x: torch.Tensor, weights: torch.Tensor, kept: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 9: zero each image's most salient stripe still kept; returns (X^{t+1}, stripes kept)."""
     most = weights.detach().masked_fill(~kept, float("-inf")).argmax(dim=1)
     kept = kept & ~F.one_hot(most, weights.shape[1]).bool()
@@ -270,9 +278,20 @@ class SCSN(nn.Module):
     train_cues: tuple[str, ...] = ()
     test_cues: tuple[str, ...] = ()
 
-    def __init__(self, backbone: nn.Module, num_classes: int, *, cam: bool, spatial: str | None, stages: int,
-                 fusion: tuple[int, ...], nmff_channels: tuple[int, int], reduction_dim: int | None,
-                 label_smoothing: float, triplet_margin: float):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        *,
+        cam: bool,
+        spatial: str | None,
+        stages: int,
+        fusion: tuple[int, ...],
+        nmff_channels: tuple[int, int],
+        reduction_dim: int | None,
+        label_smoothing: float,
+        triplet_margin: float,
+    ):
         super().__init__()
         if not all(hasattr(backbone, n) for n in ("stem", "layer1", "layer2", "layer3", "layer4")):
             raise ValueError("scsn needs a ResNet backbone (its stem and layer1..layer4), e.g. resnet50")
@@ -291,8 +310,7 @@ class SCSN(nn.Module):
         value_channels, key_channels = (max(1, round(c * scale)) for c in nmff_channels)
         self.fusion = MultiStageFusion(widths, fusion, value_channels, key_channels) if fusion else None
         dim = reduction_dim or channels // 4
-        self.stages = nn.ModuleList(
-            CascadeStage(channels, dim, num_classes, sfe=stages > 1) for _ in range(stages))
+        self.stages = nn.ModuleList(CascadeStage(channels, dim, num_classes, sfe=stages > 1) for _ in range(stages))
         self.embedding_dim = stages * dim
         self.label_smoothing, self.triplet_margin = label_smoothing, triplet_margin
 
@@ -355,6 +373,15 @@ def build_scsn(
         raise ValueError(f"nmff_channels must be two positive sizes (c_f, c), not {nmff_channels!r}")
     cam, spatial, stages, fusion = VARIANTS[variant]
     net = create_backbone(backbone, pretrained=pretrained, last_stride=1)
-    return SCSN(net, num_classes, cam=cam, spatial=spatial, stages=stages, fusion=fusion,
-                nmff_channels=tuple(nmff_channels), reduction_dim=reduction_dim,
-                label_smoothing=label_smoothing, triplet_margin=triplet_margin)
+    return SCSN(
+        net,
+        num_classes,
+        cam=cam,
+        spatial=spatial,
+        stages=stages,
+        fusion=fusion,
+        nmff_channels=tuple(nmff_channels),
+        reduction_dim=reduction_dim,
+        label_smoothing=label_smoothing,
+        triplet_margin=triplet_margin,
+    )

@@ -1,7 +1,11 @@
 """SSP-ReID: saliency and semantic parsing maps guide a backbone (Quispe and Pedrini, 2019).
 
-Each subnet is a backbone whose intermediate tap (``Backbone.forward_with_tap``: Res5C for the
-ResNets, see SSP-ReID 4.1) is joined with a cue map: "we initially apply a bilinear interpolation
+Each subnet is a backbone whose intermediate tap (``Backbone.forward_with_tap``) is joined with a
+cue map. The tap is "the feature map from an intermediate layer" (3.2): for ResNet-50 and ResNet50-M
+res4f (1024 channels, 1/16), as the authors' code joins them (models/ResNet.py, ``x4f``), although
+4.1 prints "the output of layer Res5C", which is ResNet-50's final map; methods/backbones.py has
+the evidence, and every model's size matches the authors' README (tests/test_ssp_reid.py). The
+join: "we initially apply a bilinear interpolation
 over the tensor to transform τ ∈ R^{h'×w'×c}. Then, we apply element-wise product between every
 channel of the tensor and the map. Finally, we use average pooling to obtain the feature vector v"
 (3.2), c values for the saliency map, 5c for the 5 parsing maps. Choices where the paper is silent:
@@ -32,6 +36,12 @@ channel of the tensor and the map. Finally, we use average pooling to obtain the
   side on the same batches with independent losses (methods.side_by_side: gradients never mix),
   and embeds an image as the concatenation of the two l2-normalised subnet features.
 - cues at test time: the maps are part of the feature, so each subnet needs its cue at test too.
+- `backbone`: Tables 3-4's "backbone only" rows, the bare backbone with a classifier and Table 1's
+  loss (BackboneOnly), so that each row's gain over its backbone is measured as the paper did.
+- batches: the triplet backbones trained with deep-person-reid's RandomIdentitySampler (P x K,
+  the authors' train_img_model_xent_htri.py), the cross-entropy-only ones with a plain shuffled
+  loader (train_img_model_xent.py: ``DataLoader(..., batch_size=args.train_batch, shuffle=True,
+  drop_last=True)``): `[train] sampler = "uniform"` in jobs/ssp-reid-xent.toml.
 """
 
 from __future__ import annotations
@@ -40,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods import register_method
+from methods import Cues, register_method
 from methods.backbones import Backbone, create_backbone
 from methods.losses import batch_hard_triplet, identity_loss
 from methods.side_by_side import SideBySide
@@ -76,11 +86,65 @@ def cue_maps(cue: str, value: torch.Tensor, size: tuple[int, int]) -> torch.Tens
     return maps
 
 
-class CueSubnet(nn.Module):
+class _Table1Losses:
+    """Label-smoothed cross-entropy on the logits, plus the batch-hard triplet on the features where Table 1 says."""
+
+    triplet: bool
+    label_smoothing: float
+    triplet_margin: float
+
+    def losses(self, outputs: dict[str, torch.Tensor], pids: torch.Tensor) -> dict[str, torch.Tensor]:
+        terms = {"id": identity_loss(outputs["logits"], pids, self.label_smoothing)}
+        if self.triplet:
+            terms["triplet"] = batch_hard_triplet(outputs["features"].float(), pids, self.triplet_margin)
+        return terms
+
+
+class BackboneOnly(_Table1Losses, nn.Module):
+    """Tables 3-4's "backbone only" rows: the backbone's globally averaged final map and a classifier.
+
+    "we observe that backbones produce better results when they are trained with the framework" (4.3)
+    compares each subnet with the bare backbone trained the same way: the authors' baselines are
+    deep-person-reid's models (models/ResNet.py ``ResNet50``, "Code imported from
+    https://github.com/KaiyangZhou/deep-person-reid": ``F.avg_pool2d`` over the final map, ``nn.Linear(2048,
+    num_classes)`` with its bias, the pooled vector as the test-time feature and as the triplet's
+    input), trained with Table 1's loss for the backbone. No BNNeck, unlike reidbench's
+    ``baseline:bnneck``. Its size at Market-1501's 751 classes is the README's "ResNet50 25.04 M".
+    """
+
+    train_cues: tuple[str, ...] = ()
+    test_cues: tuple[str, ...] = ()
+
+    def __init__(
+        self, backbone: Backbone, num_classes: int, *, triplet: bool, label_smoothing: float, triplet_margin: float
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.embedding_dim = backbone.out_channels
+        self.classifier = nn.Linear(self.embedding_dim, num_classes)
+        self.triplet, self.label_smoothing, self.triplet_margin = triplet, label_smoothing, triplet_margin
+
+    def forward(self, images: torch.Tensor, cues: dict[str, torch.Tensor] | None = None):
+        features = self.backbone.forward_pooled(images)
+        if not self.training:
+            return features
+        return {"features": features, "logits": self.classifier(features)}
+
+
+class CueSubnet(_Table1Losses, nn.Module):
     """One SSP-ReID stream: global average of the final map joined with the cue-weighted tap."""
 
-    def __init__(self, backbone: Backbone, cue: str, num_classes: int, *, map_scale: float, triplet: bool,
-                 label_smoothing: float, triplet_margin: float):
+    def __init__(
+        self,
+        backbone: Backbone,
+        cue: str,
+        num_classes: int,
+        *,
+        map_scale: float,
+        triplet: bool,
+        label_smoothing: float,
+        triplet_margin: float,
+    ):
         super().__init__()
         self.backbone, self.cue, self.map_scale = backbone, cue, map_scale
         self.train_cues = self.test_cues = (cue,)
@@ -103,18 +167,24 @@ class CueSubnet(nn.Module):
             return features
         return {"features": features, "logits": self.classifier(features)}
 
-    def losses(self, outputs: dict[str, torch.Tensor], pids: torch.Tensor) -> dict[str, torch.Tensor]:
-        terms = {"id": identity_loss(outputs["logits"], pids, self.label_smoothing)}
-        if self.triplet:
-            terms["triplet"] = batch_hard_triplet(outputs["features"].float(), pids, self.triplet_margin)
-        return terms
+
+_SUBNETS = {
+    "ssp": (("s", "saliency"), ("sp", "parsing")),
+    "s-reid": (("s", "saliency"),),
+    "sp-reid": (("sp", "parsing"),),
+    "backbone": (),  # no subnet: the bare backbone (BackboneOnly)
+}  # the first is the default variant
 
 
-_SUBNETS = {"s-reid": (("s", "saliency"),), "sp-reid": (("sp", "parsing"),),
-            "ssp": (("s", "saliency"), ("sp", "parsing"))}
+def _cues(variant: str) -> Cues:
+    """Each subnet's cue, in training and at test time (the maps are part of the feature)."""
+    cues = tuple(cue for _, cue in _SUBNETS[variant])
+    return Cues(train=cues, test=cues)
 
 
-@register_method("ssp-reid", variants=("ssp", "s-reid", "sp-reid"))
+# Revision 1: the ResNet taps moved from res5c to res4f, and LIP's socks from the lower body to the
+# shoes (harness/data/body_maps.py); cells trained before compute another model.
+@register_method("ssp-reid", variants={variant: _cues(variant) for variant in _SUBNETS}, revision=1)
 def build_ssp_reid(
     *,
     variant: str,
@@ -127,16 +197,31 @@ def build_ssp_reid(
     map_scale: float = 0.5,
     triplet: bool | None = None,
 ) -> nn.Module:
-    """`s-reid` (saliency subnet), `sp-reid` (parsing subnet) or `ssp` (both, unshared weights).
+    """`s-reid` (saliency subnet), `sp-reid` (parsing subnet), `ssp` (both, unshared weights) or
+    `backbone` (the bare backbone and a classifier, Tables 3-4's "backbone only" rows).
 
     `triplet`: None follows SSP-ReID Table 1 for the backbone; True/False force it. The label
     smoothing and the triplet margin are the spec's (the paper: 0.1 and 0.3, the defaults).
     """
     use_triplet = backbone not in CROSS_ENTROPY_ONLY if triplet is None else triplet
+    if variant == "backbone":
+        return BackboneOnly(
+            create_backbone(backbone, pretrained=pretrained, last_stride=last_stride),
+            num_classes,
+            triplet=use_triplet,
+            label_smoothing=label_smoothing,
+            triplet_margin=triplet_margin,
+        )
     subnets = {
-        name: CueSubnet(create_backbone(backbone, pretrained=pretrained, last_stride=last_stride), cue, num_classes,
-                        map_scale=map_scale, triplet=use_triplet, label_smoothing=label_smoothing,
-                        triplet_margin=triplet_margin)
+        name: CueSubnet(
+            create_backbone(backbone, pretrained=pretrained, last_stride=last_stride),
+            cue,
+            num_classes,
+            map_scale=map_scale,
+            triplet=use_triplet,
+            label_smoothing=label_smoothing,
+            triplet_margin=triplet_margin,
+        )
         for name, cue in _SUBNETS[variant]
     }
     if len(subnets) == 1:

@@ -52,7 +52,7 @@ def missing_message(names: list[str], files: list[Path]) -> str:
         f"ImageNet weights for {', '.join(names)} are not cached: expected {', '.join(map(str, files))}. "
         f"Run `reidbench weights fetch {' '.join(names)}` on a machine with internet access "
         f"(compute nodes are often offline; TORCH_HOME must point at the same cache there), "
-        f"or set pretrained = false in the spec's [train] table."
+        f"or set pretrained = false in the spec's [method_options.<method>] table."
     )
 
 

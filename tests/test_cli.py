@@ -19,13 +19,16 @@ train_datasets = ["market1501"]
 [train]
 iterations = 1
 ids_per_batch = {p}
-pretrained = {pretrained}
+images_per_id = {k}
 
 [synthetic]
 ids = 12
 
 [resources]
 world_size = 2
+
+[method_options.baseline]
+pretrained = {pretrained}
 """
 
 
@@ -33,7 +36,7 @@ def run(tmp_path, monkeypatch, capsys, **values):
     monkeypatch.setenv("REIDBENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     spec = tmp_path / "spec.toml"
-    spec.write_text(SPEC.format(**{"p": 2, "pretrained": "false", **values}))
+    spec.write_text(SPEC.format(**{"p": 2, "k": 4, "pretrained": "false", **values}))
     code = main(["run", str(spec), "--store", str(tmp_path / "store")])
     return code, capsys.readouterr().err
 
@@ -45,15 +48,26 @@ def test_uncached_pretrained_weights_stop_the_run_before_it_starts(tmp_path, mon
 
 
 def test_batch_composition_must_fit_the_data_and_the_world(tmp_path, monkeypatch, capsys):
-    code, err = run(tmp_path, monkeypatch, capsys, p=3)
-    assert code == 2 and "ids_per_batch = 3" in err and "divisible by [resources] world_size = 2" in err
+    code, err = run(tmp_path, monkeypatch, capsys, p=3, k=3)  # 9 images over 2 processes: refused before anything runs
+    assert code == 2 and "Traceback" not in err and f"{tmp_path / 'spec.toml'}, line 16:" in err
+    assert (
+        "global batch of P = 3 identities x K = 3 images (9 images) cannot be split evenly over world_size = 2" in err
+    )
+    assert not (tmp_path / "store").exists() and not (tmp_path / "cache").exists()
+    assert (
+        run(tmp_path, monkeypatch, capsys, p=3, k=4, pretrained="true")[0] == 2
+    )  # 12 images split: it goes on to the weights
     code, err = run(tmp_path, monkeypatch, capsys, p=40)
     assert code == 2 and "at most the 6 training identities" in err
 
 
 def test_status_tells_states_apart(tmp_path, capsys):
     spec = tmp_path / "spec.toml"
-    spec.write_text(SPEC.format(p=2, pretrained="false").replace('train_datasets = ["market1501"]', 'train_datasets = ["market1501"]\nseeds = [0, 1, 2, 3]'))
+    spec.write_text(
+        SPEC.format(p=2, k=4, pretrained="false").replace(
+            'train_datasets = ["market1501"]', 'train_datasets = ["market1501"]\nseeds = [0, 1, 2, 3]'
+        )
+    )
     cells = load_spec(spec).cells
     store = Store(tmp_path / "store")
     store.write_state(cells[0].id, "done")  # but its rows are gone
@@ -77,7 +91,7 @@ def test_every_command_has_help(capsys):
 
 def test_unknown_executor_is_refused_before_anything_else(tmp_path, capsys):
     spec = tmp_path / "spec.toml"
-    spec.write_text(SPEC.format(p=2, pretrained="false"))
+    spec.write_text(SPEC.format(p=2, k=4, pretrained="false"))
     # --dry-run would list the cells and stop; a misspelt executor must not pass for a valid one there either.
     assert main(["run", str(spec), "--store", str(tmp_path / "store"), "--executor", "locl", "--dry-run"]) == 2
     err = capsys.readouterr().err
@@ -88,11 +102,17 @@ def test_cue_maps_are_checked_before_the_run(tmp_path, monkeypatch, capsys):
     # A method that trains on cue maps cannot keep its data on the device ...
     monkeypatch.setenv("REIDBENCH_CACHE", str(tmp_path / "cache"))
     spec = tmp_path / "spec.toml"
-    base = SPEC.format(p=2, pretrained="false").replace('"baseline"', '"gasm:mask"')
+    base = (
+        SPEC.format(p=2, k=4, pretrained="false")
+        .replace('"baseline"', '"gasm:mask"')
+        .replace("options.baseline", "options.gasm")
+    )
     spec.write_text(base.replace("[train]", "[train]\ndata_on_device = true"))
     assert main(["run", str(spec), "--store", str(tmp_path / "store")]) == 2
     err = capsys.readouterr().err
-    assert "data_on_device keeps images only, but gasm:mask trains with cue maps (mask)" in err and "Traceback" not in err
+    assert (
+        "data_on_device keeps images only, but gasm:mask trains with cue maps (mask)" in err and "Traceback" not in err
+    )
     # ... and its cue maps must be on disk, in every member of a union it trains on.
     root = tmp_path / "real"
     assert main(["data", "synth", "market1501", str(root), "--ids", "12"]) == 0
@@ -103,9 +123,64 @@ def test_cue_maps_are_checked_before_the_run(tmp_path, monkeypatch, capsys):
     for d in sorted(mask.rglob("*"), reverse=True):
         d.rmdir()
     mask.rmdir()
-    spec.write_text(base.replace('["market1501"]', '["market1501+dukemtmc"]') + f'\n[datasets.market1501]\nroot = "{root}"\n')
+    spec.write_text(
+        base.replace('["market1501"]', '["market1501+dukemtmc"]') + f'\n[datasets.market1501]\nroot = "{root}"\n'
+    )
     capsys.readouterr()
     assert main(["run", str(spec), "--store", str(tmp_path / "store")]) == 2
     err = capsys.readouterr().err
     assert f"gasm:mask needs mask cue maps of market1501, but {mask} does not exist" in err
     assert "reidbench data check market1501" in err and not (tmp_path / "store").exists()
+
+
+DRY = """
+[grid]
+methods = ["baseline"]
+backbones = ["resnet18"]
+train_datasets = ["market1501"]
+{finetune}
+[train]
+{length}
+ids_per_batch = 2
+images_per_id = 2
+
+[synthetic]
+ids = 12
+
+[method_options.baseline]
+pretrained = false
+{phases}
+"""
+
+
+@pytest.mark.parametrize("unit", ["images", "identities"])
+def test_dry_run_shows_the_steps_each_cell_will_train(tmp_path, monkeypatch, capsys, unit):
+    from harness.data import load_dataset
+    from harness.engine.cell import dataset_root
+
+    monkeypatch.setenv("REIDBENCH_CACHE", str(tmp_path / "cache"))
+    spec = tmp_path / "spec.toml"
+    spec.write_text(DRY.format(finetune="", length=f'epochs = 7\nepoch_unit = "{unit}"', phases=""))
+    (cell,) = load_spec(spec).cells
+    train = load_dataset("market1501", dataset_root(cell.dataset("market1501"), cell.synthetic)).train
+    per_epoch = len(train) // 4 if unit == "images" else len({s.pid for s in train}) // 2
+    assert main(["run", str(spec), "--store", str(tmp_path / "store"), "--dry-run"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(cell.id))
+    assert f" 7 x {per_epoch} = {7 * per_epoch:,} ({unit}) " in line, line
+    assert not (tmp_path / "store").exists()  # nothing ran
+
+
+def test_dry_run_shows_the_steps_of_each_phase(tmp_path, monkeypatch, capsys):
+    from harness.data import load_dataset
+    from harness.engine.cell import dataset_root
+
+    monkeypatch.setenv("REIDBENCH_CACHE", str(tmp_path / "cache"))
+    spec = tmp_path / "spec.toml"
+    phases = '[[train.phases]]\niterations = 1500\n\n[[train.phases]]\nepochs = 3\non = "finetune"\n'
+    spec.write_text(DRY.format(finetune='finetune_datasets = ["dukemtmc"]', length="", phases=phases))
+    (cell,) = load_spec(spec).cells
+    duke = load_dataset("dukemtmc", dataset_root(cell.dataset("dukemtmc"), cell.synthetic)).train
+    assert main(["run", str(spec), "--store", str(tmp_path / "store"), "--dry-run"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(cell.id))
+    per_epoch = len(duke) // 4
+    assert f" 1,500 + 3 x {per_epoch} = {1500 + 3 * per_epoch:,} (images) " in line, line

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -15,12 +13,13 @@ import pytest
 import torch
 
 from harness.cli import main
-from harness.combine import combined_embeddings, run_combinations, statuses
+from harness.combine import combination_statuses, combined_embeddings, run_combinations
 from harness.errors import UserError
-from harness.evaluate import evaluate
-from harness.rerank import rerank
+from harness.eval.metrics import evaluate
+from harness.eval.rerank import rerank
 from harness.spec import Resources, load_spec
 from harness.store import SCHEMA, Embeddings, Store
+from tests.helpers import cache_env, reidbench
 
 SPEC = """
 [grid]
@@ -69,7 +68,7 @@ def test_a_combination_expands_over_training_sets_and_seeds(tmp_path):
     # Its id follows its parts and settings, not the grid's name.
     again = load_spec(write(tmp_path, SPEC.replace('name = "cmb"', 'name = "other"')))
     assert [c.id for c in again.combinations] == [c.id for c in spec.combinations]
-    plain = load_spec(write(tmp_path, SPEC.replace('parts = [', 'normalize = "none"\nparts = [')))
+    plain = load_spec(write(tmp_path, SPEC.replace("parts = [", 'normalize = "none"\nparts = [')))
     assert {c.id for c in plain.combinations}.isdisjoint({c.id for c in spec.combinations})
 
 
@@ -79,32 +78,56 @@ def test_keeping_embeddings_is_not_part_of_a_cells_id(tmp_path):
     assert [c.id for c in load_spec(write(tmp_path, without)).cells] == ids
 
 
-@pytest.mark.parametrize("change, expected", [
-    ('"baseline/resnet50"]', 'line 16: part \'baseline/resnet5\' is not a cell of the grid'),
-    ('"baseline/resnet50"]', "did you mean 'baseline:bnneck/resnet50'"),
-])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ('"baseline/resnet50"]', "line 16: part 'baseline/resnet5' is not a cell of the grid"),
+        ('"baseline/resnet50"]', "did you mean 'baseline:bnneck/resnet50'"),
+    ],
+)
 def test_a_part_that_is_not_a_cell_names_its_line_and_the_closest_cells(tmp_path, change, expected):
     assert expected in error(tmp_path, SPEC.replace(change, '"baseline/resnet5"]'))
 
 
-@pytest.mark.parametrize("replace, with_, expected", [
-    ('method = "baseline"\nparts', 'method = "baselin"\nparts', "line 15: unknown method 'baselin' for the combination's rows; did you mean 'baseline'?"),
-    ('name = "pair"', 'name = "pair"\nnormalise = "l2"', "line 15: unknown key 'normalise' in [[combine]]; did you mean 'normalize'?"),
-    ('name = "pair"', 'name = "pair"\nnormalize = "l1"', "line 15: unknown normalize 'l1'"),
-    ('name = "pair"\n', '', "[[combine]] needs name"),
-    ('name = "pair"', 'name = "a pair"', "name must be a variant name"),
-    ('"baseline/resnet50"]', '"baseline:bnneck/resnet18"]', "line 16: part 'baseline:bnneck/resnet18' is listed twice"),
-    (', "baseline/resnet50"]', ']', "parts must list at least two cells"),
-    ("[[combine]]", "[combine]", "line 13: combinations are an array of tables: write each one as [[combine]]"),
-    ("iterations = 10", "iterations = 10\nkeep_embeddings = false", "line 12: [[combine]] needs the cells' embeddings"),
-])
+@pytest.mark.parametrize(
+    "replace, with_, expected",
+    [
+        (
+            'method = "baseline"\nparts',
+            'method = "baselin"\nparts',
+            "line 15: unknown method 'baselin' for the combination's rows; did you mean 'baseline'?",
+        ),
+        (
+            'name = "pair"',
+            'name = "pair"\nnormalise = "l2"',
+            "line 15: unknown key 'normalise' in [[combine]]; did you mean 'normalize'?",
+        ),
+        ('name = "pair"', 'name = "pair"\nnormalize = "l1"', "line 15: unknown normalize 'l1'"),
+        ('name = "pair"\n', "", "[[combine]] needs name"),
+        ('name = "pair"', 'name = "a pair"', "name must be a variant name"),
+        (
+            '"baseline/resnet50"]',
+            '"baseline:bnneck/resnet18"]',
+            "line 16: part 'baseline:bnneck/resnet18' is listed twice",
+        ),
+        (', "baseline/resnet50"]', "]", "parts must list at least two cells"),
+        ("[[combine]]", "[combine]", "line 13: combinations are an array of tables: write each one as [[combine]]"),
+        (
+            "iterations = 10",
+            "iterations = 10\nkeep_embeddings = false",
+            "line 12: [[combine]] needs the cells' embeddings",
+        ),
+    ],
+)
 def test_spec_errors(tmp_path, replace, with_, expected):
     assert replace in SPEC
     assert expected in error(tmp_path, SPEC.replace(replace, with_))
 
 
 def test_errors_point_into_the_right_combine_table(tmp_path):
-    text = SPEC + """
+    text = (
+        SPEC
+        + """
 [[combine]]
 name = "pair-again"
 method = "baseline"
@@ -113,12 +136,21 @@ parts = [
     "baseline/resnet152",
 ]
 """
+    )
     message = error(tmp_path, text)
     assert "line 23: part 'baseline/resnet152' is not a cell of the grid" in message, message
-    same = SPEC + '\n[[combine]]\nname = "pair"\nmethod = "baseline"\nparts = ["baseline/resnet18", "baseline/resnet50"]\n'
+    same = (
+        SPEC + '\n[[combine]]\nname = "pair"\nmethod = "baseline"\nparts = ["baseline/resnet18", "baseline/resnet50"]\n'
+    )
     assert "line 18: the same combination is listed twice" in error(tmp_path, same)
-    other_normalisation = SPEC + '\n[[combine]]\nname = "pair"\nmethod = "baseline"\nnormalize = "none"\nparts = ["baseline/resnet18", "baseline/resnet50"]\n'
-    assert "line 19: two combinations would write rows of the same identity (baseline:pair, resnet18+resnet50)" in error(tmp_path, other_normalisation)
+    other_normalisation = (
+        SPEC
+        + '\n[[combine]]\nname = "pair"\nmethod = "baseline"\nnormalize = "none"\nparts = ["baseline/resnet18", "baseline/resnet50"]\n'
+    )
+    assert (
+        "line 19: two combinations would write rows of the same identity (baseline:pair, resnet18+resnet50)"
+        in error(tmp_path, other_normalisation)
+    )
 
 
 # -- computing ---------------------------------------------------------------------------------
@@ -127,8 +159,10 @@ parts = [
 def fake_embeddings(rng: np.random.Generator, dim: int, scale: float, pids_q, pids_g, cams_q, cams_g) -> Embeddings:
     """Embeddings that cluster by identity, at a given scale, as a trained cell would keep them."""
     centres = rng.normal(size=(100, dim))
+
     def embed(pids):
         return ((centres[pids] + 1.5 * rng.normal(size=(len(pids), dim))) * scale).astype(np.float32)
+
     return Embeddings(embed(pids_q), embed(pids_g), pids_q, pids_g, cams_q, cams_g)
 
 
@@ -140,8 +174,16 @@ def labels(rng: np.random.Generator):
 
 def fake_row(cell, test: str, rerank: bool, iterations: int) -> dict:
     row = {name: None for name in SCHEMA.names}
-    return {**row, "schema_version": 1, "cell_id": cell.id, "test_dataset": test, "rerank": rerank,
-            "iterations": iterations, "train_seconds": 2.0 * iterations, "git_sha": "abc"}
+    return {
+        **row,
+        "schema_version": 1,
+        "cell_id": cell.id,
+        "test_dataset": test,
+        "rerank": rerank,
+        "iterations": iterations,
+        "train_seconds": 2.0 * iterations,
+        "git_sha": "abc",
+    }
 
 
 def finish(store: Store, cell, parts: dict[str, Embeddings] | None, iterations: int = 10) -> None:
@@ -164,22 +206,26 @@ def grid(tmp_path):
         per_test = {}
         for test in cell.test_datasets:
             ids = labels(np.random.default_rng(len(test)))
-            per_test[test] = fake_embeddings(rng, dim=8 * (i + 1), scale=100.0 ** i, pids_q=ids[0], pids_g=ids[1],
-                                             cams_q=ids[2], cams_g=ids[3])
+            per_test[test] = fake_embeddings(
+                rng, dim=8 * (i + 1), scale=100.0**i, pids_q=ids[0], pids_g=ids[1], cams_q=ids[2], cams_g=ids[3]
+            )
         kept[cell.id] = per_test
     return spec, store, combo, kept
 
 
 def direct(parts: list[Embeddings], normalize: bool) -> tuple[dict, dict]:
     """Plain and re-ranked metrics of the concatenated embeddings, computed here with numpy."""
+
     def unit(x):
         return x / np.linalg.norm(x, axis=1, keepdims=True) if normalize else x
+
     q = np.concatenate([unit(p.query.astype(np.float64)) for p in parts], axis=1)
     g = np.concatenate([unit(p.gallery.astype(np.float64)) for p in parts], axis=1)
     dist = lambda a, b: np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))  # noqa: E731
     ids = (parts[0].query_pids, parts[0].gallery_pids, parts[0].query_camids, parts[0].gallery_camids)
     plain = evaluate(dist(q, g), *ids, protocol="market")
-    reranked = evaluate(rerank(dist(q, g), dist(q, q), dist(g, g)), *ids, protocol="market")
+    # re-ranked as a cell's rows are by default: the reference given squared Euclidean distances (torchreid's)
+    reranked = evaluate(rerank(dist(q, g) ** 2, dist(q, q) ** 2, dist(g, g) ** 2), *ids, protocol="market")
     return plain, reranked
 
 
@@ -187,7 +233,7 @@ def test_combined_metrics_equal_a_direct_computation_on_normalised_concatenated_
     spec, store, combo, kept = grid
     for cell in combo.parts:
         finish(store, cell, kept[cell.id], iterations=10 if cell.backbone == "resnet18" else 30)
-    [status] = [s for s in statuses(spec.combinations, store) if s.combination.id == combo.id]
+    [status] = [s for s in combination_statuses(spec.combinations, store) if s.combination.id == combo.id]
     assert status.state == "ready"
     outcomes = run_combinations(spec.combinations, store, Resources(device="cpu"), log=lambda m: None)
     assert [o.ok for o in outcomes] == [True]  # the other seed's parts are not done: left waiting
@@ -197,11 +243,14 @@ def test_combined_metrics_equal_a_direct_computation_on_normalised_concatenated_
         parts = [kept[c.id][test] for c in combo.parts]
         plain, reranked = direct(parts, normalize=True)
         unnormalised, _ = direct(parts, normalize=False)
-        assert unnormalised["mAP"] != pytest.approx(plain["mAP"], abs=1e-3)  # so the test would see a missing normalisation
+        assert unnormalised["mAP"] != pytest.approx(
+            plain["mAP"], abs=1e-3
+        )  # so the test would see a missing normalisation
         for expected, rr in ((plain, False), (reranked, True)):
             row = next(r for r in rows if r["test_dataset"] == test and r["rerank"] is rr)
-            for metric in ("mAP", "mINP", "rank1", "rank5", "rank10"):
+            for metric in ("mAP", "mAP_official", "mINP", "rank1", "rank5", "rank10"):
                 assert row[metric] == pytest.approx(expected[metric], abs=1e-6), (test, rr, metric)
+            assert row["rerank_distance"] == ("squared-euclidean" if rr else None)
             assert row["cmc"] == pytest.approx(list(expected["cmc"]), abs=1e-6)
             assert (row["method"], row["variant"], row["backbone"]) == ("baseline", "pair", "resnet18+resnet50")
             assert (row["train_dataset"], row["seed"], row["synthetic"], row["grid"]) == ("market1501", 0, True, "cmb")
@@ -213,11 +262,17 @@ def test_combined_metrics_equal_a_direct_computation_on_normalised_concatenated_
 
 
 def test_l2_concatenation_gives_each_part_unit_norm():
-    a = Embeddings(np.array([[3.0, 4.0]], np.float32), np.array([[0.0, 2.0]], np.float32), *(np.zeros(1, np.int64),) * 4)
-    b = Embeddings(np.array([[10.0, 0.0, 0.0]], np.float32), np.array([[1.0, 1.0, 1.0]], np.float32), *(np.zeros(1, np.int64),) * 4)
+    a = Embeddings(
+        np.array([[3.0, 4.0]], np.float32), np.array([[0.0, 2.0]], np.float32), *(np.zeros(1, np.int64),) * 4
+    )
+    b = Embeddings(
+        np.array([[10.0, 0.0, 0.0]], np.float32), np.array([[1.0, 1.0, 1.0]], np.float32), *(np.zeros(1, np.int64),) * 4
+    )
     query, gallery = combined_embeddings([a, b], "l2")
     assert torch.allclose(query, torch.tensor([[0.6, 0.8, 1.0, 0.0, 0.0]]))
-    assert torch.allclose(gallery[:, :2].norm(dim=1), torch.ones(1)) and torch.allclose(gallery[:, 2:].norm(dim=1), torch.ones(1))
+    assert torch.allclose(gallery[:, :2].norm(dim=1), torch.ones(1)) and torch.allclose(
+        gallery[:, 2:].norm(dim=1), torch.ones(1)
+    )
     assert torch.equal(combined_embeddings([a, b], "none")[0], torch.tensor([[3.0, 4.0, 10.0, 0.0, 0.0]]))
 
 
@@ -227,36 +282,41 @@ def test_a_stored_combination_is_skipped_until_a_part_runs_again(grid):
         finish(store, cell, kept[cell.id])
     first = run_combinations(spec.combinations, store, Resources(device="cpu"), log=lambda m: None)
     assert len(first) == 1
-    paths = sorted((store.root / "rows" / combo.id).iterdir())
+    run = store.published_run(combo.id)
+    paths = sorted((store.root / "rows" / combo.id / run).iterdir())
     stamps = [p.stat().st_mtime_ns for p in paths]
     assert run_combinations(spec.combinations, store, Resources(device="cpu"), log=lambda m: None) == []
     assert [p.stat().st_mtime_ns for p in paths] == stamps and len(paths) == 4
     # A part that ran again (newer embeddings) makes the combination due again; its rows are replaced.
     later = store.embeddings_path(combo.parts[1].id, "dukemtmc")
     os.utime(later, ns=(stamps[0] + 10**9, stamps[0] + 10**9))
-    [status] = [s for s in statuses(spec.combinations, store) if s.combination.id == combo.id]
+    [status] = [s for s in combination_statuses(spec.combinations, store) if s.combination.id == combo.id]
     assert status.state == "ready" and "ran again" in status.detail
     assert len(run_combinations(spec.combinations, store, Resources(device="cpu"), log=lambda m: None)) == 1
-    assert sorted((store.root / "rows" / combo.id).iterdir()) == paths
-    assert len([r for r in store.read().rows if r["cell_id"] == combo.id]) == 4
+    rows = [r for r in store.read().rows if r["cell_id"] == combo.id]
+    assert len(rows) == 4 and {r["run_id"] for r in rows} == {store.published_run(combo.id)} != {run}
+    assert not (store.root / "rows" / combo.id / run).exists()  # the earlier set is gone, not mixed in
 
 
 def test_parts_not_done_leave_the_combination_waiting_not_failed(grid, capsys):
     spec, store, combo, kept = grid
     finish(store, combo.parts[0], kept[combo.parts[0].id])
-    states = {s.combination.id: s for s in statuses(spec.combinations, store)}
+    states = {s.combination.id: s for s in combination_statuses(spec.combinations, store)}
     assert states[combo.id].state == "waiting" and combo.parts[1].id in states[combo.id].detail
     assert combo.parts[0].id not in states[combo.id].detail
     assert run_combinations(spec.combinations, store, Resources(device="cpu"), log=lambda m: None) == []
     assert not (store.root / "rows" / combo.id).exists() and store.read_state(combo.id) is None
     assert main(["combine", str(spec.path), "--store", str(store.root)]) == 0
-    assert f"combination {combo.id} (baseline:pair): waiting for part(s) baseline:bnneck/resnet50" in capsys.readouterr().out
+    assert (
+        f"combination {combo.id} (baseline:pair): waiting for part(s) baseline:bnneck/resnet50"
+        in capsys.readouterr().out
+    )
     assert main(["run", str(spec.path), "--store", str(store.root), "--dry-run"]) == 0
     listed = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(combo.id))
     assert "waiting" in listed and "baseline:pair" in listed and not (store.root / "rows" / combo.id).exists()
     # Done without embeddings (kept off): it cannot be computed, and says what to do.
     finish(store, combo.parts[1], None)
-    states = {s.combination.id: s for s in statuses(spec.combinations, store)}
+    states = {s.combination.id: s for s in combination_statuses(spec.combinations, store)}
     assert states[combo.id].state == "missing embeddings" and "remove" in states[combo.id].detail
 
 
@@ -265,7 +325,9 @@ def test_parts_tested_on_different_images_fail_with_the_reason_and_status_shows_
     finish(store, combo.parts[0], kept[combo.parts[0].id])
     other = dict(kept[combo.parts[1].id])
     e = other["market1501"]
-    other["market1501"] = Embeddings(e.query, e.gallery, e.query_pids[::-1].copy(), e.gallery_pids, e.query_camids, e.gallery_camids)
+    other["market1501"] = Embeddings(
+        e.query, e.gallery, e.query_pids[::-1].copy(), e.gallery_pids, e.query_camids, e.gallery_camids
+    )
     finish(store, combo.parts[1], other)
     assert main(["combine", str(spec.path), "--store", str(store.root)]) == 1
     assert "query_pids differ" in capsys.readouterr().err
@@ -292,43 +354,17 @@ def test_cells_keep_embeddings_that_round_trip(tmp_path):
 
 # -- end to end --------------------------------------------------------------------------------
 
-E2E = """
-[grid]
-name = "combine-e2e"
-methods = ["baseline"]
-backbones = ["resnet18", "resnet50"]
-train_datasets = ["market1501"]
-
-[train]
-input_size = [64, 32]
-iterations = 10
-ids_per_batch = 4
-images_per_id = 2
-pretrained = false
-num_workers = 0
-eval_batch_size = 64
-
-[synthetic]
-ids = 16
-
-[resources]
-world_size = 1
-device = "cpu"
-
-[[combine]]
-name = "pair"
-method = "baseline"
-parts = ["baseline/resnet18", "baseline/resnet50"]
-"""
-
 
 @pytest.mark.slow
-def test_run_trains_the_cells_then_writes_the_combination_rows(tmp_path):
-    spec_path = tmp_path / "e2e.toml"
-    spec_path.write_text(E2E)
-    env = {**os.environ, "REIDBENCH_CACHE": str(tmp_path / "cache")}
-    command = [sys.executable, "-m", "harness.cli", "run", str(spec_path), "--store", "store"]
-    run = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+def test_run_trains_the_cells_then_writes_the_combination_rows(tmp_path, make_spec):
+    spec_path = make_spec(
+        "combine-e2e",
+        grid={"backbones": ["resnet18", "resnet50"]},
+        train={"eval_batch_size": 64},
+        combine=[{"name": "pair", "method": "baseline", "parts": ["baseline/resnet18", "baseline/resnet50"]}],
+    )
+    command = ("run", spec_path, "--store", "store")
+    run = reidbench(*command, cwd=tmp_path, env=cache_env(tmp_path))
     assert run.returncode == 0, f"{run.stdout}\n{run.stderr}"
     spec, store = load_spec(spec_path), Store(tmp_path / "store")
     (combo,) = spec.combinations
@@ -342,10 +378,9 @@ def test_run_trains_the_cells_then_writes_the_combination_rows(tmp_path):
         assert kept.query.shape == (part["num_query"], 512 if cell.backbone == "resnet18" else 2048)
         assert kept.gallery.shape[0] == part["num_gallery"]
     assert "resnet18+resnet50" in run.stdout  # the grid's results table shows the combination
-    again = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    again = reidbench(*command, cwd=tmp_path, env=cache_env(tmp_path))
     assert again.returncode == 0 and "nothing to run" in again.stdout, again.stderr
     assert len([r for r in store.read().rows if r["cell_id"] == combo.id]) == 2  # never duplicated
-    status = subprocess.run([*command[:3], "status", str(spec_path), "--store", "store"], capture_output=True, text=True,
-                            env=env, cwd=tmp_path, timeout=300)
+    status = reidbench("status", spec_path, "--store", "store", cwd=tmp_path, env=cache_env(tmp_path), timeout=300)
     line = next(line for line in status.stdout.splitlines() if line.startswith(combo.id))
     assert "done" in line and "baseline:pair" in line

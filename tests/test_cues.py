@@ -10,10 +10,14 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from harness import data
-from harness.data.cues import CUES, CueError, cue_path, load_cue
+from harness.cli import main
 from harness.data import loader
-from harness.data.synth_layouts import _Scene, write_layout
-from harness.data.transforms import DENSEPOSE_FLIP, KEYPOINT_FLIP, CueTransform, dsap_images
+from harness.data.body_maps import DENSEPOSE_FLIP, KEYPOINT_FLIP, dsap_images
+from harness.data.cues import CUES, REGISTRY, Cue, CueError, cue_path, load_cue, random_cues, register_cue
+from harness.data.geometry import PROBABILITY_MAP
+from harness.data.synthetic.layouts import write_layout
+from harness.data.synthetic.render import Scene
+from harness.data.transforms import CueTransform
 
 LEFT_ARM, RIGHT_ARM = 14, 15
 LIP_FLIP = np.arange(20)  # a mirrored person's LIP labels: left and right arms, legs and shoes swap
@@ -22,7 +26,7 @@ LIP_FLIP[14:20] = [15, 14, 17, 16, 19, 18]
 
 def front_view_shot(seed: int = 0):
     """A person seen from the front with both arms and legs visible and unoccluded."""
-    scene = _Scene(seed, 6)
+    scene = Scene(seed, 6)
     for pid in range(200):
         for cam in range(6):
             for r in scene.shots(pid, cam, 1, occlusion=0.0):
@@ -58,7 +62,9 @@ def test_flip_moves_parsing_and_keypoints_with_the_body():
     img0, cues0 = plain(image, raw_cues(r))
     img1, cues1 = flipped(image, raw_cues(r))
     assert torch.equal(img1, img0.flip(-1))
-    assert torch.allclose(cues1["parsing"], cues0["parsing"].flip(-1)) and torch.equal(cues1["mask"], cues0["mask"].flip(-1))
+    assert torch.allclose(cues1["parsing"], cues0["parsing"].flip(-1)) and torch.equal(
+        cues1["mask"], cues0["mask"].flip(-1)
+    )
     lip = LIP_FLIP[np.fliplr(r.lip)]  # the flipped image's labels: its left arm is the original right arm
     for joint, arm in ((5, LEFT_ARM), (6, RIGHT_ARM)):  # left and right wrist
         x, y = peak(cues1["pose"][joint])
@@ -85,7 +91,9 @@ def test_crop_and_resize_keep_keypoints_on_the_body():
     r = front_view_shot()
     image = torch.from_numpy(r.image.copy()).permute(2, 0, 1).contiguous()
     torch.manual_seed(3)
-    _, cues = CueTransform((64, 32), train=True, flip=0.0, padding=6, random_erasing=0, heatmap_stride=1)(image, raw_cues(r))
+    _, cues = CueTransform((64, 32), train=True, flip=0.0, padding=6, random_erasing=0, heatmap_stride=1)(
+        image, raw_cues(r)
+    )
     for joint in range(13):
         x, y = peak(cues["pose"][joint])
         assert cues["mask"][0, y, x] > 0.5, f"keypoint {joint} left the person after crop and resize"
@@ -123,7 +131,16 @@ def market(tmp_path_factory):
 
 def test_loader_batches_carry_exactly_the_declared_cues(market):
     d = data.load_dataset("market1501", market)
-    batch = next(iter(DataLoader(loader.ImageDataset(d.query, loader.test_transform((64, 32)), cues=("parsing", "pose"), cue_root=market), batch_size=4)))
+    batch = next(
+        iter(
+            DataLoader(
+                loader.ImageDataset(
+                    d.query, loader.test_transform((64, 32)), cues=("parsing", "pose"), cue_root=market
+                ),
+                batch_size=4,
+            )
+        )
+    )
     images, pids, camids, cues = batch
     assert images.shape == (4, 3, 64, 32) and set(cues) == {"parsing", "pose"}
     assert cues["parsing"].shape == (4, 5, 64, 32) and cues["pose"].shape == (4, 13, 4, 2)
@@ -134,7 +151,13 @@ def test_loader_batches_carry_exactly_the_declared_cues(market):
 def test_every_cue_loads_from_the_synthetic_data(market):
     sample = data.load_dataset("market1501", market).train[0]
     shapes = {cue: load_cue(market, cue, sample.cue_key, (128, 64)).shape for cue in CUES}
-    assert shapes == {"saliency": (128, 64), "parsing": (128, 64), "densepose": (128, 64, 3), "pose": (13, 3), "mask": (128, 64)}
+    assert shapes == {
+        "saliency": (128, 64),
+        "parsing": (128, 64),
+        "densepose": (128, 64, 3),
+        "pose": (13, 3),
+        "mask": (128, 64),
+    }
 
 
 def test_parsing_probabilities_may_come_as_npy(tmp_path):
@@ -147,14 +170,17 @@ def test_parsing_probabilities_may_come_as_npy(tmp_path):
     assert torch.allclose(cues["parsing"].sum(dim=(1, 2)), torch.ones(5))
 
 
-@pytest.mark.parametrize("cue,content,message", [
-    ("mask", None, "missing file .*cues/mask/q/1.png"),
-    ("mask", b"not a png", "cannot read .*cues/mask/q/1.png"),
-    ("saliency", "wrong size", "cues/saliency/q/1.png is 4x4 \\(width x height\\) but its image is 4x8"),
-    ("parsing", "label 25", "cues/parsing/q/1.png holds label 25"),
-    ("densepose", "grey", "cues/densepose/q/1.png must be an RGB PNG"),
-    ("pose", b"1 2 3\n", "cues/pose/q/1.txt must hold 13 lines"),
-])
+@pytest.mark.parametrize(
+    "cue,content,message",
+    [
+        ("mask", None, "missing file .*cues/mask/q/1.png"),
+        ("mask", b"not a png", "cannot read .*cues/mask/q/1.png"),
+        ("saliency", "wrong size", "cues/saliency/q/1.png is 4x4 \\(width x height\\) but its image is 4x8"),
+        ("parsing", "label 25", "cues/parsing/q/1.png holds label 25"),
+        ("densepose", "grey", "cues/densepose/q/1.png must be an RGB PNG"),
+        ("pose", b"1 2 3\n", "cues/pose/q/1.txt must hold 13 lines"),
+    ],
+)
 def test_malformed_cues_name_the_file(tmp_path, cue, content, message):
     path = cue_path(tmp_path, cue, "q/1.jpg")
     path.parent.mkdir(parents=True)
@@ -191,17 +217,129 @@ class PartPooling(torch.nn.Module):
 
 def test_a_method_that_declares_cues_trains_and_extracts_with_them(market):
     from harness.data.sampler import PKBatchSampler
-    from harness.train import extract_features, train
+    from harness.engine.train import extract_features, train
 
     d = data.load_dataset("market1501", market)
     model = PartPooling(d.num_train_ids)
     sampler = PKBatchSampler([s.pid for s in d.train], ids_per_batch=2, images_per_id=2, steps=3, seed=0)
-    batches = loader.train_loader(d.train, sampler, loader.train_transform((64, 32), flip=0.5, padding=4, random_erasing=0.5),
-                                  num_workers=0, pin_memory=False, cues=model.train_cues, cue_root=market, in_memory=True)
+    batches = loader.train_loader(
+        d.train,
+        sampler,
+        loader.train_transform((64, 32), flip=0.5, padding=4, random_erasing=0.5),
+        num_workers=0,
+        pin_memory=False,
+        cues=model.train_cues,
+        cue_root=market,
+        in_memory=True,
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    result = train(model, model.losses, batches, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
-                   device=torch.device("cpu"), log=lambda message: None)
+    result = train(
+        model,
+        model.losses,
+        batches,
+        optimizer,
+        torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
+        device=torch.device("cpu"),
+        log=lambda message: None,
+    )
     assert result.iterations == 3 and np.isfinite(result.losses["id"])
-    shards = loader.shard_loader(d.query, loader.test_transform((64, 32)), rank=0, world_size=1, batch_size=8, num_workers=0,
-                                 pin_memory=False, cues=model.test_cues, cue_root=market)
+    shards = loader.shard_loader(
+        d.query,
+        loader.test_transform((64, 32)),
+        rank=0,
+        world_size=1,
+        batch_size=8,
+        num_workers=0,
+        pin_memory=False,
+        cues=model.test_cues,
+        cue_root=market,
+    )
     assert extract_features(model, shards, torch.device("cpu")).shape == (len(d.query), 40)
+
+
+def _read_depth(path):
+    value = np.load(path)
+    if value.ndim != 2:
+        raise CueError(f"cue depth: {path} must be an (H, W) array of metres, it is {value.shape}.")
+    return value
+
+
+def _write_depth(stem, raw):
+    path = stem.with_name(stem.name + ".npy")
+    np.save(path, np.asarray(raw, np.float32))
+    return path
+
+
+@pytest.fixture
+def depth_cue():
+    """A new cue, as a newcomer would add it: one registry entry, and nothing else anywhere.
+
+    A float32 depth map in metres; the synthetic person stands 2.5 m away on an empty background.
+    """
+    cue = register_cue(
+        Cue(
+            "depth",
+            PROBABILITY_MAP,
+            lambda raw, image: torch.from_numpy(raw)[None],
+            lambda batch, size, stride, g: 10 * torch.rand(batch, 1, *size, generator=g),
+            suffixes=(".npy",),
+            read=_read_depth,
+            write=_write_depth,
+            synthetic=lambda r: r.mask.astype(np.float32) * 2.5,
+        )
+    )
+    yield cue
+    del REGISTRY["depth"]
+
+
+def test_a_new_cue_is_one_registry_entry(depth_cue, tmp_path, capsys):
+    # the synthetic writers write it, `reidbench data check` finds and checks it ...
+    root = write_layout("folder", tmp_path, ids=4, seed=0)
+    assert main(["data", "check", "folder", str(root)]) == 0
+    assert "cues checked: saliency, parsing, densepose, pose, mask, depth" in capsys.readouterr().out
+    # ... it loads in its own format, and the loader batches it: moved with the image as the mask is
+    d = data.load_dataset("folder", root)
+    key = d.query[0].cue_key
+    assert cue_path(root, "depth", key).suffix == ".npy"
+    depth, mask = (load_cue(root, cue, key, (128, 64)) for cue in ("depth", "mask"))
+    assert np.array_equal(depth / 2.5 * 255, mask)
+    image = torch.from_numpy(np.array(Image.open(d.query[0].path))).permute(2, 0, 1).contiguous()
+    torch.manual_seed(0)
+    _, cues = CueTransform((64, 32), train=True, flip=1.0, padding=4, random_erasing=0)(
+        image, {"depth": depth, "mask": mask}
+    )
+    assert cues["depth"].shape == (1, 64, 32) and torch.allclose(cues["depth"] / 2.5, cues["mask"], atol=1e-6)
+    batch = next(
+        iter(
+            DataLoader(
+                loader.ImageDataset(d.query, loader.test_transform((64, 32)), cues=("depth",), cue_root=root),
+                batch_size=2,
+            )
+        )
+    )
+    assert batch[3]["depth"].shape == (2, 1, 64, 32)
+    # ... its random maker serves model tests and profiling, and its own reader's checks name the file
+    assert random_cues(["depth", "mask"], 3, (64, 32))["depth"].shape == (3, 1, 64, 32)
+    np.save(cue_path(root, "depth", key), np.zeros((2, 128, 64), np.float32))
+    with pytest.raises(CueError, match="cue depth: .*cues/depth/query/.*\\.npy must be an \\(H, W\\) array of metres"):
+        load_cue(root, "depth", key, (128, 64))
+    np.save(cue_path(root, "depth", key), np.zeros((64, 64), np.float32))
+    with pytest.raises(CueError, match="is 64x64 \\(width x height\\) but its image is 64x128"):
+        load_cue(root, "depth", key, (128, 64))
+
+
+def test_the_registry_refuses_a_second_entry_of_a_name_and_a_source_without_files():
+    with pytest.raises(ValueError, match="'mask' is registered twice"):
+        register_cue(REGISTRY["mask"])
+    with pytest.raises(ValueError, match="its source 'densepose-crops' is not a registered cue with files of its own"):
+        register_cue(
+            Cue(
+                "crops-of-crops",
+                REGISTRY["densepose"].geometry,
+                REGISTRY["densepose"].tensor,
+                REGISTRY["densepose"].random,
+                source="densepose-crops",
+            )
+        )
+    with pytest.raises(KeyError, match="unknown cue\\(s\\) depth; known: saliency, parsing"):
+        random_cues(["depth"], 1, (8, 4))

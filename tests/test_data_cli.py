@@ -31,3 +31,22 @@ def test_check_refuses_unknown_names_with_a_hint(tmp_path, capsys):
     assert main(["data", "check", "market1501", str(tmp_path), "--cues", "parse"]) == 2
     assert main(["data", "synth", "market", str(tmp_path)]) == 2
     assert "did you mean 'market1501'" in capsys.readouterr().err
+
+
+def test_check_reads_a_named_cue_source_from_its_own_folder(tmp_path, capsys):
+    """cues/parsing@spreid/ is checked as its own source, beside the default cues/parsing/."""
+    import shutil
+
+    main(["data", "synth", "cuhk01", str(tmp_path), "--ids", "4"])
+    shutil.copytree(tmp_path / "cues" / "parsing", tmp_path / "cues" / "parsing@spreid")
+    broken = sorted((tmp_path / "cues" / "parsing@spreid" / "campus").iterdir())[0]
+    broken.unlink()
+    capsys.readouterr()
+    assert main(["data", "check", "cuhk01", str(tmp_path), "--cues", "parsing"]) == 0
+    assert main(["data", "check", "cuhk01", str(tmp_path), "--cues", "parsing@spreid"]) == 1
+    out = capsys.readouterr().out
+    assert "1 problem(s)" in out and "cue parsing@spreid: missing file" in out and str(broken.parent) in out
+    assert main(["data", "check", "cuhk01", str(tmp_path)]) == 1  # every folder, each source too
+    assert "cues checked: saliency, parsing, parsing@spreid, densepose" in capsys.readouterr().out
+    assert main(["data", "check", "cuhk01", str(tmp_path), "--cues", "parsing@Bad/x"]) == 2
+    assert "names no valid source" in capsys.readouterr().err

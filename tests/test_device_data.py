@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from harness.data import Sample
-from harness.data.device import DeviceBatches, augment
+from harness.data.device_batches import DeviceBatches, augment
 from harness.data.loader import train_loader, train_transform
 from harness.data.sampler import PKBatchSampler
 
@@ -33,8 +33,10 @@ def sampler(samples) -> PKBatchSampler:
 
 
 def test_without_augmentation_batches_equal_the_loaders(samples):
-    on_device = DeviceBatches(samples, sampler(samples), size=SIZE, **NO_AUGMENTATION, device=torch.device("cpu"), seed=0)
-    loader = train_loader(samples, sampler(samples), train_transform(SIZE, **NO_AUGMENTATION), num_workers=0, pin_memory=False)
+    on_device = DeviceBatches(samples, sampler(samples), size=SIZE, **NO_AUGMENTATION, device=torch.device("cpu"))
+    loader = train_loader(
+        samples, sampler(samples), train_transform(SIZE, **NO_AUGMENTATION), num_workers=0, pin_memory=False
+    )
     assert len(on_device) == len(loader) == 5
     for (images, pids, camids), (want_images, want_pids, want_camids) in zip(on_device, loader, strict=True):
         assert images.dtype == torch.float32 and images.shape == (6, 3, *SIZE)
@@ -61,7 +63,12 @@ def test_padded_crop_is_a_shifted_window_of_the_zero_padded_image():
     padded = normalised(torch.nn.functional.pad(images, (2, 2, 2, 2)))
     shifts = set()
     for i in range(len(images)):
-        matches = [(dy, dx) for dy in range(5) for dx in range(5) if torch.equal(out[i], padded[i, :, dy : dy + 10, dx : dx + 8])]
+        matches = [
+            (dy, dx)
+            for dy in range(5)
+            for dx in range(5)
+            if torch.equal(out[i], padded[i, :, dy : dy + 10, dx : dx + 8])
+        ]
         assert len(matches) == 1
         shifts.add(matches[0])
     assert len(shifts) == 25  # every offset of the 5 x 5 range occurs

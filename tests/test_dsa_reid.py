@@ -7,11 +7,12 @@ import math
 import pytest
 import torch
 
-from e2e_helpers import run_grid
+from harness.data.body_maps import DENSEPOSE_FLIP, part_crops
 from harness.data.cues import check_names
-from harness.data.transforms import DENSEPOSE_FLIP, MEAN, STD, part_crops
+from harness.data.geometry import MEAN, STD
 from methods import create_model, dsa_reid
 from methods.dsa_reid import MERGE_13_TO_8, MERGE_24_TO_13, DsagStream, Merge, merge_matrix
+from tests.helpers import run_grid
 
 
 def build(variant: str, backbone: str = "resnet18", **options):
@@ -26,15 +27,26 @@ def test_first_merge_adds_exactly_the_left_right_pairs_that_a_flip_swaps():
     assert [g for g in MERGE_24_TO_13 if len(g) == 1] == [(1,), (2,)]  # torso back and front have no side
     # DensePose: 3/4 hands, 5/6 feet, 7,9/8,10 upper legs, 11,13/12,14 lower legs, 15,17/16,18 upper arms,
     # 19,21/20,22 lower arms, 23/24 head; the second merge adds back and front.
-    named = {name: sorted(p for m in group for p in MERGE_24_TO_13[m - 1]) for name, group in zip(dsa_reid.PART_NAMES, MERGE_13_TO_8)}
+    named = {
+        name: sorted(p for m in group for p in MERGE_24_TO_13[m - 1])
+        for name, group in zip(dsa_reid.PART_NAMES, MERGE_13_TO_8)
+    }
     assert named == {
-        "torso": [1, 2], "hand": [3, 4], "foot": [5, 6], "upper-leg": [7, 8, 9, 10], "lower-leg": [11, 12, 13, 14],
-        "upper-arm": [15, 16, 17, 18], "lower-arm": [19, 20, 21, 22], "head": [23, 24],
+        "torso": [1, 2],
+        "hand": [3, 4],
+        "foot": [5, 6],
+        "upper-leg": [7, 8, 9, 10],
+        "lower-leg": [11, 12, 13, 14],
+        "upper-arm": [15, 16, 17, 18],
+        "lower-arm": [19, 20, 21, 22],
+        "head": [23, 24],
     }
 
 
 def test_merge_adds_branch_feature_maps_element_wise():
-    x = torch.arange(24, dtype=torch.float32).repeat_interleave(2)[None, :, None, None].expand(3, 48, 2, 2)  # branch i: i, 2 channels
+    x = (
+        torch.arange(24, dtype=torch.float32).repeat_interleave(2)[None, :, None, None].expand(3, 48, 2, 2)
+    )  # branch i: i, 2 channels
     merged = Merge(MERGE_24_TO_13, 24)(x)
     assert merged.shape == (3, 26, 2, 2)
     expected = torch.tensor([sum(p - 1 for p in g) for g in MERGE_24_TO_13], dtype=torch.float32).repeat_interleave(2)
@@ -90,11 +102,19 @@ def test_inference_needs_only_the_mf_stream():
     assert embedding.shape == (3, 1024) and torch.equal(embedding, torch.cat([fg, fl], dim=1))
 
 
-@pytest.mark.parametrize("variant,test_cues,dim", [
-    ("global-joint", ("densepose",), 512), ("local-joint", ("densepose",), 512), ("two-streams-fused", ("densepose",), 1024),
-    ("global-single", ("densepose",), 512), ("local-single", ("densepose",), 512), ("two-branches", (), 1024),
-    ("csa", (), 1024), ("baseline-re-ls", (), 512),
-])
+@pytest.mark.parametrize(
+    "variant,test_cues,dim",
+    [
+        ("global-joint", ("densepose",), 512),
+        ("local-joint", ("densepose",), 512),
+        ("two-streams-fused", ("densepose",), 1024),
+        ("global-single", ("densepose",), 512),
+        ("local-single", ("densepose",), 512),
+        ("two-branches", (), 1024),
+        ("csa", (), 1024),
+        ("baseline-re-ls", (), 512),
+    ],
+)
 def test_variants_declare_their_cues_and_embedding(variant, test_cues, dim):
     model = build(variant).eval()
     assert model.test_cues == test_cues and model.embedding_dim == dim
@@ -120,20 +140,32 @@ def test_loss_terms_carry_the_papers_weights():
     model.label_smoothing = 0.0
     b, k = 4, 5
     outputs = {
-        "zg": torch.zeros(b, 512), "zl": torch.zeros(b, 512),  # all distances 0: the triplet loss is the margin
-        "logits_fg": torch.zeros(b, k), "logits_zg": torch.zeros(b, k), "logits_zl": torch.zeros(b, k),
+        "zg": torch.zeros(b, 512),
+        "zl": torch.zeros(b, 512),  # all distances 0: the triplet loss is the margin
+        "logits_fg": torch.zeros(b, k),
+        "logits_zg": torch.zeros(b, k),
+        "logits_zl": torch.zeros(b, k),
         "logits_fl": torch.zeros(b, 8, k),  # uniform: each cross-entropy is log(k)
     }
     terms = model.losses(outputs, torch.tensor([0, 0, 1, 1]))
     log_k = math.log(k)
-    expected = {"id_fg": 0.5 * log_k, "id_fl": 8 * 0.5 * log_k, "id_zg": 1.0 * log_k, "id_zl": 1.0 * log_k,
-                "triplet_zg": 1.5 * 0.3, "triplet_zl": 1.5 * 0.3}
+    expected = {
+        "id_fg": 0.5 * log_k,
+        "id_fl": 8 * 0.5 * log_k,
+        "id_zg": 1.0 * log_k,
+        "id_zl": 1.0 * log_k,
+        "triplet_zg": 1.5 * 0.3,
+        "triplet_zl": 1.5 * 0.3,
+    }
     assert terms.keys() == expected.keys()
     for name, value in expected.items():
         assert terms[name].item() == pytest.approx(value, rel=1e-5), name
     glob = build("global-single")
-    assert set(glob.losses(glob(torch.randn(4, 3, 64, 32), {"densepose": torch.randn(4, 24, 3, 32, 32)}), torch.tensor([0, 0, 1, 1]))) == {
-        "id_fg", "triplet_zg", "id_zg"}
+    assert set(
+        glob.losses(
+            glob(torch.randn(4, 3, 64, 32), {"densepose": torch.randn(4, 24, 3, 32, 32)}), torch.tensor([0, 0, 1, 1])
+        )
+    ) == {"id_fg", "triplet_zg", "id_zg"}
 
 
 def test_local_branches_see_the_whole_map_or_their_eighth_of_its_channels():
@@ -165,11 +197,15 @@ def test_part_crops_are_the_parts_bounding_boxes():
     crops = part_crops(pixels, iuv)
     unnormalise = lambda x: x * torch.tensor(STD)[:, None, None] + torch.tensor(MEAN)[:, None, None]  # noqa: E731
     assert crops.shape == (24, 3, 32, 32)
-    box = torch.nn.functional.interpolate(pixels[None, :, 8:40, 4:20], size=(32, 32), mode="bilinear", align_corners=False)[0]
+    box = torch.nn.functional.interpolate(
+        pixels[None, :, 8:40, 4:20], size=(32, 32), mode="bilinear", align_corners=False
+    )[0]
     assert torch.allclose(unnormalise(crops[2]), box, atol=0.01)
     assert torch.allclose(unnormalise(crops[1]), pixels[:, 10:11, 25:26].expand(3, 32, 32), atol=0.01)
     mean = pixels.mean(dim=(1, 2))[:, None, None].expand(3, 32, 32)
-    assert torch.allclose(unnormalise(crops[0]), mean, atol=1e-5) and torch.allclose(unnormalise(crops[23]), mean, atol=1e-5)
+    assert torch.allclose(unnormalise(crops[0]), mean, atol=1e-5) and torch.allclose(
+        unnormalise(crops[23]), mean, atol=1e-5
+    )
 
 
 def test_a_flip_mirrors_each_crop_and_swaps_left_and_right_parts():
@@ -179,9 +215,15 @@ def test_a_flip_mirrors_each_crop_and_swaps_left_and_right_parts():
     iuv = torch.zeros(64, 32, 3, dtype=torch.uint8)
     iuv[8:40, 4:20, 0] = 3  # right hand
     raw = {"densepose-crops": iuv.numpy()}
-    plain = CueTransform((64, 32), train=True, flip=0.0, padding=0, random_erasing=0)(image, dict(raw))[1]["densepose-crops"]
-    flipped = CueTransform((64, 32), train=True, flip=1.0, padding=0, random_erasing=0)(image, dict(raw))[1]["densepose-crops"]
-    assert torch.allclose(flipped[3], plain[2].flip(-1)) and torch.allclose(flipped[2], plain[3])  # 3 right, 4 left hand
+    plain = CueTransform((64, 32), train=True, flip=0.0, padding=0, random_erasing=0)(image, dict(raw))[1][
+        "densepose-crops"
+    ]
+    flipped = CueTransform((64, 32), train=True, flip=1.0, padding=0, random_erasing=0)(image, dict(raw))[1][
+        "densepose-crops"
+    ]
+    assert torch.allclose(flipped[3], plain[2].flip(-1)) and torch.allclose(
+        flipped[2], plain[3]
+    )  # 3 right, 4 left hand
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Tests for harness.evaluate.
+"""Tests for harness.eval.metrics.
 
 The small cases are worked out by hand in the comments (ranked list after
 the protocol's removals, hits, precision at each hit), so a failure points
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.evaluate import _stable_argsort_rows, evaluate, pairwise_distance
+from harness.eval.metrics import _stable_argsort_rows, evaluate, pairwise_distance
 
 
 def _eval(dist, q_pids, g_pids, q_cams, g_cams, **kwargs) -> dict:
@@ -56,6 +56,37 @@ def test_single_query_known_order() -> None:
     for key in ("mAP", "mINP", "rank1", "rank5", "rank10"):
         assert type(r[key]) is float
     assert type(r["num_valid_queries"]) is int and type(r["num_queries"]) is int
+
+
+# The official Market-1501 code's AP (compute_AP.m), by its own recurrence over the kept ranking:
+#   recall = hits / ngood, precision = hits / position,
+#   ap += (recall - old_recall) * (old_precision + precision) / 2, starting from old_precision = 1.
+# Only hits move the recall, so each hit adds (precision at the hit + precision one item before) / 2 / ngood.
+
+
+def test_official_ap_integrates_precision_over_recall_by_trapezoids() -> None:
+    # The ranking of test_single_query_known_order: x v v x v, hits at positions 2, 3, 5 (ngood 3).
+    #   hit at 2: precision 1/2, the item before (position 1) 0/1 = 0  -> (1/2 + 0) / 2   = 1/4
+    #   hit at 3: precision 2/3, before (position 2) 1/2                -> (2/3 + 1/2) / 2 = 7/12
+    #   hit at 5: precision 3/5, before (position 4) 2/4                -> (3/5 + 1/2) / 2 = 11/20
+    # AP = (1/4 + 7/12 + 11/20) / 3 = (15 + 35 + 33) / 60 / 3 = 83/180, against the toolkit's 53/90 = 106/180.
+    r = _eval([[0.30, 0.10, 0.50, 0.20, 0.40]], [1], [1, 2, 1, 1, 3], [0], [1, 1, 1, 1, 1], max_rank=5)
+    assert r["mAP_official"] == pytest.approx(83 / 180, abs=1e-12) and r["mAP"] == pytest.approx(106 / 180, abs=1e-12)
+    assert type(r["mAP_official"]) is float
+
+
+def test_official_ap_starts_from_precision_one_and_skips_junk() -> None:
+    # Hits at positions 1 and 3 (gallery pid 1 at 0.1 and 0.3): the first hit's trapezoid runs from the
+    # starting precision 1: (1 + 1) / 2 = 1; the second (2/3 + 1/2) / 2 = 7/12. AP = (1 + 7/12) / 2 = 19/24
+    # (toolkit: (1 + 2/3) / 2 = 20/24). A hit at rank 1 alone scores 1 in both.
+    r = _eval([[0.1, 0.2, 0.3], [0.2, 0.3, 0.1]], [1, 3], [1, 2, 1], [0, 0], [1, 1, 1], max_rank=3)
+    # q1 (pid 3) has no match and is skipped
+    assert r["mAP_official"] == pytest.approx(19 / 24, abs=1e-12) and r["mAP"] == pytest.approx(20 / 24, abs=1e-12)
+    # The junk case of test_junk_removed_distractor_counts_as_wrong: kept ranking x v v (junk does not
+    # advance compute_AP.m's position j). Hit at 2: (1/2 + 0) / 2 = 1/4; hit at 3: (2/3 + 1/2) / 2 = 7/12.
+    # AP = (1/4 + 7/12) / 2 = 5/12 (toolkit 7/12).
+    r = _eval([[0.1, 0.2, 0.3, 0.4, 0.5]], [5], [-1, 0, 5, -1, 5], [0], [1, 1, 1, 1, 2], max_rank=4)
+    assert r["mAP_official"] == pytest.approx(5 / 12, abs=1e-12) and r["mAP"] == pytest.approx(7 / 12, abs=1e-12)
 
 
 def test_same_pid_same_camera_is_removed() -> None:
@@ -182,6 +213,29 @@ def _reference_market(dist, q_pids, g_pids, q_cams, g_cams, max_rank):
     return float(np.mean(aps)), float(np.mean(inps)), np.mean(cmcs, axis=0), len(aps)
 
 
+def _reference_official(dist, q_pids, g_pids, q_cams, g_cams) -> float:
+    """compute_AP.m transcribed loop by loop (good: same pid, other camera; junk: pid -1 or same pid
+    and camera), averaged over the queries that have a good image."""
+    aps = []
+    for i in range(dist.shape[0]):
+        good = {j for j in range(len(g_pids)) if g_pids[j] == q_pids[i] and g_cams[j] != q_cams[i]}
+        junk = {j for j in range(len(g_pids)) if g_pids[j] == -1 or (g_pids[j] == q_pids[i] and g_cams[j] == q_cams[i])}
+        if not good:
+            continue
+        old_recall, old_precision, ap, intersect, position = 0.0, 1.0, 0.0, 0, 0
+        for j in np.argsort(dist[i], kind="stable"):
+            if j in junk:
+                continue
+            intersect += j in good
+            recall, precision = intersect / len(good), intersect / (position + 1)
+            ap += (recall - old_recall) * (old_precision + precision) / 2
+            old_recall, old_precision, position = recall, precision, position + 1
+            if intersect == len(good):
+                break
+        aps.append(ap)
+    return float(np.mean(aps))
+
+
 def _random_problem(seed: int, num_q: int = 30, num_g: int = 200):
     rng = np.random.default_rng(seed)
     dist = rng.random((num_q, num_g)).astype(np.float32)
@@ -206,6 +260,8 @@ def test_random_against_reference_loop(seed: int, quantise: int | None) -> None:
     assert r["num_valid_queries"] == ref_valid
     assert r["num_queries"] == 30
     assert r["mAP"] == pytest.approx(ref_map, rel=1e-12)
+    assert r["mAP_official"] == pytest.approx(_reference_official(dist, q_pids, g_pids, q_cams, g_cams), rel=1e-12)
+    assert r["mAP_official"] < r["mAP"]
     assert r["mINP"] == pytest.approx(ref_minp, rel=1e-12)
     np.testing.assert_allclose(r["cmc"], ref_cmc, rtol=0, atol=1e-12)
     assert (r["rank1"], r["rank5"], r["rank10"]) == pytest.approx((ref_cmc[0], ref_cmc[4], ref_cmc[9]))
@@ -416,7 +472,10 @@ def test_method_distance_hook_with_wrong_shape_is_named() -> None:
         pairwise_distance(q, g, metric=lambda a, b: a @ a.T)
 
 
-@pytest.mark.parametrize(("query", "gallery", "name"), [(torch.zeros(0, 8), torch.zeros(4, 8), "query"), (torch.zeros(3, 8), torch.zeros(0, 8), "gallery")])
+@pytest.mark.parametrize(
+    ("query", "gallery", "name"),
+    [(torch.zeros(0, 8), torch.zeros(4, 8), "query"), (torch.zeros(3, 8), torch.zeros(0, 8), "gallery")],
+)
 def test_pairwise_empty_inputs_are_named(query, gallery, name: str) -> None:
     with pytest.raises(ValueError, match=f"{name}.*empty"):
         pairwise_distance(query, gallery)

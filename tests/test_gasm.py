@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from e2e_helpers import run_grid
-from harness.data.transforms import random_cues
-from harness.distance import pairwise_distance
-from harness.rerank import rerank, rerank_features
+from harness.data.cues import random_cues
+from harness.eval.distance import pairwise_distance
+from harness.eval.rerank import rerank, rerank_features
 from methods import create_model, gasm
 from methods.gasm import GASM, frobenius_loss, gasm_distance
+from tests.helpers import run_grid
 
 
 def small(variant: str, **options) -> GASM:
@@ -100,14 +100,23 @@ def test_sizes_and_parameters_on_resnet50():
     base = sizes["baseline"][1]
     assert sizes["baseline"][0] == 2048
     assert sizes["mask"][0] == sizes["pose"][0] == sizes["full"][0] == 2048 * 13 + 12
-    assert sizes["mask"][1] - base == 2049 and sizes["pose"][1] - base == 13 * 2049 and sizes["full"][1] - base == 14 * 2049
+    assert (
+        sizes["mask"][1] - base == 2049
+        and sizes["pose"][1] - base == 13 * 2049
+        and sizes["full"][1] - base == 14 * 2049
+    )
     assert base == 23_508_032 + 2 * 2048 + 2048 * 751  # backbone + BNNeck + classifier
 
 
-@pytest.mark.parametrize("variant,terms", [
-    ("baseline", {"id", "triplet"}), ("mask", {"id", "triplet", "mask"}),
-    ("pose", {"id", "triplet", "pose"}), ("full", {"id", "triplet", "mask", "pose"}),
-])
+@pytest.mark.parametrize(
+    "variant,terms",
+    [
+        ("baseline", {"id", "triplet"}),
+        ("mask", {"id", "triplet", "mask"}),
+        ("pose", {"id", "triplet", "pose"}),
+        ("full", {"id", "triplet", "mask", "pose"}),
+    ],
+)
 def test_heatmap_loss_terms_per_variant_and_no_cues_at_test(variant, terms):
     model = small(variant)
     assert set(model.train_cues) == terms - {"id", "triplet"} and model.test_cues == ()
@@ -126,9 +135,12 @@ def test_frobenius_losses_are_per_sample_norms_averaged_and_weighted():
     target = torch.stack([torch.ones(1, 2, 3), torch.zeros(1, 2, 3)])
     assert frobenius_loss(predicted, target).item() == pytest.approx(math.sqrt(6) / 2)
     model = small("full")
-    outputs = {"logits": torch.zeros(2, 4), "features": torch.randn(2, 512),
-               "heatmaps": {"mask": predicted, "pose": torch.zeros(2, 13, 2, 3)},
-               "targets": {"mask": target, "pose": torch.full((2, 13, 2, 3), 0.5)}}
+    outputs = {
+        "logits": torch.zeros(2, 4),
+        "features": torch.randn(2, 512),
+        "heatmaps": {"mask": predicted, "pose": torch.zeros(2, 13, 2, 3)},
+        "targets": {"mask": target, "pose": torch.full((2, 13, 2, 3), 0.5)},
+    }
     terms = model.losses(outputs, torch.tensor([0, 1]))
     assert terms["mask"].item() == pytest.approx(0.05 * math.sqrt(6) / 2)
     assert terms["pose"].item() == pytest.approx(0.1 * 0.5 * math.sqrt(13 * 6))
@@ -142,7 +154,9 @@ def test_mask_cue_is_average_pooled_to_the_feature_map():
     assert torch.equal(target[0, 0], torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 0.0], [0.0, 0.0]]))
 
 
-@pytest.mark.parametrize("last_stride,size,stride,feature_map", [(2, (128, 64), 32, (4, 2)), (1, (100, 50), 16, (7, 4))])
+@pytest.mark.parametrize(
+    "last_stride,size,stride,feature_map", [(2, (128, 64), 32, (4, 2)), (1, (100, 50), 16, (7, 4))]
+)
 def test_pose_targets_come_at_the_feature_maps_size(last_stride, size, stride, feature_map):
     model = small("pose", last_stride=last_stride)
     cues = random_cues(["pose"], 2, size, heatmap_stride=stride)  # (100, 50): a 6x3 cue, resized
@@ -177,19 +191,31 @@ def test_options_choose_the_matching_and_check_their_values():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method,tests", [
-    ("gasm:mask", ["market1501"]),
-    ("gasm:full", ["market1501", "occluded-reid", "crowd-reid"]),  # cross-domain, as Tables 1, 3 and 4
-])
+@pytest.mark.parametrize(
+    "method,tests",
+    [
+        ("gasm:mask", ["market1501"]),
+        ("gasm:full", ["market1501", "occluded-reid", "crowd-reid"]),  # cross-domain, as Tables 1, 3 and 4
+    ],
+)
 def test_end_to_end_through_the_cli(tmp_path, method, tests):
     run, by_method = run_grid(tmp_path, [method], tests=tests, iterations=12)
     assert run.returncode == 0, f"{run.stdout}\n{run.stderr}"
     rows = by_method[method]
     kept = list((tmp_path / "store").rglob("embeddings/*.npz"))
     assert kept == []  # GASM compares with its own distance: its packed rows are not kept for [[combine]]
-    assert sorted((r["test_dataset"], r["rerank"]) for r in rows) == sorted((t, rr) for t in tests for rr in (False, True))
+    assert sorted((r["test_dataset"], r["rerank"]) for r in rows) == sorted(
+        (t, rr) for t in tests for rr in (False, True)
+    )
     protocols = {"market1501": "market", "occluded-reid": "occluded", "crowd-reid": "market"}
     for row in rows:
-        assert (row["method"], row["variant"], row["train_dataset"], row["iterations"]) == ("gasm", method[5:], "market1501", 12)
-        assert row["protocol"] == protocols[row["test_dataset"]] and row["num_query"] > 0 and row["num_valid_queries"] > 0
+        assert (row["method"], row["variant"], row["train_dataset"], row["iterations"]) == (
+            "gasm",
+            method[5:],
+            "market1501",
+            12,
+        )
+        assert (
+            row["protocol"] == protocols[row["test_dataset"]] and row["num_query"] > 0 and row["num_valid_queries"] > 0
+        )
         assert 0.0 < row["mAP"] <= 1.0 and 0.0 <= row["rank1"] <= 1.0

@@ -13,7 +13,7 @@ from scipy.io import savemat
 
 from harness import data
 from harness.data import cuhk03
-from harness.data.synth_cuhk03 import write_mat73
+from harness.data.synthetic.cuhk03 import write_mat73
 from harness.errors import UserError
 
 
@@ -29,9 +29,14 @@ def pids_cams(samples):
 
 
 def test_dukemtmc(tmp_path):
-    touch(tmp_path, "DukeMTMC-reID/bounding_box_train/0005_c2_f0046985.jpg", "DukeMTMC-reID/bounding_box_train/0005_c5_f0051341.jpg",
-          "DukeMTMC-reID/query/0001_c2_f0046182.jpg", "DukeMTMC-reID/bounding_box_test/0001_c6_f0030823.jpg",
-          "DukeMTMC-reID/bounding_box_test/0002_c8_f0030823.jpg")
+    touch(
+        tmp_path,
+        "DukeMTMC-reID/bounding_box_train/0005_c2_f0046985.jpg",
+        "DukeMTMC-reID/bounding_box_train/0005_c5_f0051341.jpg",
+        "DukeMTMC-reID/query/0001_c2_f0046182.jpg",
+        "DukeMTMC-reID/bounding_box_test/0001_c6_f0030823.jpg",
+        "DukeMTMC-reID/bounding_box_test/0002_c8_f0030823.jpg",
+    )
     d = data.load_dataset("dukemtmc", tmp_path)
     assert pids_cams(d.train) == [(5, 1), (5, 4)] and pids_cams(d.query) == [(1, 1)]
     assert pids_cams(d.gallery) == [(1, 5), (2, 7)] and data.protocol("dukemtmc") == "market"
@@ -39,8 +44,12 @@ def test_dukemtmc(tmp_path):
 
 
 def test_dukemtmc_refuses_a_camera_out_of_range(tmp_path):
-    touch(tmp_path, "DukeMTMC-reID/bounding_box_train/0005_c9_f0046985.jpg", "DukeMTMC-reID/query/0001_c2_f0046182.jpg",
-          "DukeMTMC-reID/bounding_box_test/0001_c6_f0030823.jpg")
+    touch(
+        tmp_path,
+        "DukeMTMC-reID/bounding_box_train/0005_c9_f0046985.jpg",
+        "DukeMTMC-reID/query/0001_c2_f0046182.jpg",
+        "DukeMTMC-reID/bounding_box_test/0001_c6_f0030823.jpg",
+    )
     with pytest.raises(UserError, match="not named like 0005_c2_f0046985.jpg .*'0005_c9_f0046985.jpg'"):
         data.load_dataset("dukemtmc", tmp_path)
 
@@ -50,24 +59,35 @@ def test_cuhk01_split_is_seeded_485_486_style(tmp_path):
     d = data.load_dataset("cuhk01", tmp_path)
     assert d.num_train_ids == 5 and len(d.train) == 20
     assert {s.camid for s in d.query} == {0} and {s.camid for s in d.gallery} == {1}
-    assert {s.pid for s in d.query} == {s.pid for s in d.gallery} and not {s.pid for s in d.query} & {s.pid for s in d.train}
+    assert {s.pid for s in d.query} == {s.pid for s in d.gallery} and not {s.pid for s in d.query} & {
+        s.pid for s in d.train
+    }
     again, other = (data.cuhk01.read(tmp_path, split_seed=seed) for seed in (0, 1))
     assert [i[0] for i in again[0]] == [Path(s.path) for s in d.train]
     assert {i[1] for i in other[0]} != {s.pid for s in d.train}
     assert data.protocol("cuhk01") == "cuhk01"
 
 
-@pytest.mark.parametrize("version,train_dir,test_dir", [("MSMT17_V1", "train", "test"), ("MSMT17_V2", "mask_train_v2", "mask_test_v2")])
+@pytest.mark.parametrize(
+    "version,train_dir,test_dir", [("MSMT17_V1", "train", "test"), ("MSMT17_V2", "mask_train_v2", "mask_test_v2")]
+)
 def test_msmt17_both_versions(tmp_path, version, train_dir, test_dir):
     base = tmp_path / version
-    touch(base, f"{train_dir}/0000/0000_000_01_0303morning_0015_0.jpg", f"{train_dir}/0001/0001_003_15_0303noon_0100_1.jpg",
-          f"{test_dir}/0000/0000_000_07_0303morning_0037_0.jpg", f"{test_dir}/0000/0000_001_02_0303afternoon_0111_0.jpg")
+    touch(
+        base,
+        f"{train_dir}/0000/0000_000_01_0303morning_0015_0.jpg",
+        f"{train_dir}/0001/0001_003_15_0303noon_0100_1.jpg",
+        f"{test_dir}/0000/0000_000_07_0303morning_0037_0.jpg",
+        f"{test_dir}/0000/0000_001_02_0303afternoon_0111_0.jpg",
+    )
     (base / "list_train.txt").write_text("0000/0000_000_01_0303morning_0015_0.jpg 0\n")
     (base / "list_val.txt").write_text("0001/0001_003_15_0303noon_0100_1.jpg 1\n")
     (base / "list_query.txt").write_text("0000/0000_000_07_0303morning_0037_0.jpg 0\n")
     (base / "list_gallery.txt").write_text("0000/0000_001_02_0303afternoon_0111_0.jpg 0\n")
     d = data.load_dataset("msmt17", tmp_path)
-    assert pids_cams(d.train) == [(0, 0), (1, 14)] and pids_cams(d.query) == [(0, 6)] and pids_cams(d.gallery) == [(0, 1)]
+    assert (
+        pids_cams(d.train) == [(0, 0), (1, 14)] and pids_cams(d.query) == [(0, 6)] and pids_cams(d.gallery) == [(0, 1)]
+    )
     assert Path(d.train[0].path).is_file()
 
 
@@ -82,10 +102,21 @@ def test_msmt17_bad_list_line_is_named(tmp_path):
 
 
 def test_occluded_reid(tmp_path):
-    touch(tmp_path, *(f"Occluded_REID/{split}/{pid:03d}/{pid:03d}_{k:02d}.tif" for split in ("occluded_body_images", "whole_body_images")
-                      for pid in (1, 2) for k in (1, 2)))
+    touch(
+        tmp_path,
+        *(
+            f"Occluded_REID/{split}/{pid:03d}/{pid:03d}_{k:02d}.tif"
+            for split in ("occluded_body_images", "whole_body_images")
+            for pid in (1, 2)
+            for k in (1, 2)
+        ),
+    )
     d = data.load_dataset("occluded-reid", tmp_path)
-    assert d.train == [] and pids_cams(d.query) == [(1, 0)] * 2 + [(2, 0)] * 2 and pids_cams(d.gallery) == [(1, 1)] * 2 + [(2, 1)] * 2
+    assert (
+        d.train == []
+        and pids_cams(d.query) == [(1, 1), (1, 2), (2, 1), (2, 2)]  # camid: the image's index (FastReID's loader)
+        and pids_cams(d.gallery) == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    )
     assert data.protocol("occluded-reid") == "occluded"
 
 
@@ -105,15 +136,33 @@ def cuhk03_root(tmp_path):
     row = lambda v, n: [_image(v + k) if k < n or 5 <= k < 5 + n else None for k in range(10)]  # noqa: E731
     cells = {"labeled": [[row(10, 2), row(20, 3)], [row(30, 1)]], "detected": [[row(40, 2), row(50, 2)], [row(60, 1)]]}
     (tmp_path / "cuhk03_release").mkdir()
-    write_mat73(tmp_path / "cuhk03_release" / "cuhk-03.mat", cells, [np.asarray([[1, 2], [2, 1]]), np.asarray([[1, 1], [2, 1]])])
-    files = ["1_001_1_01.png", "1_001_2_06.png", "1_002_1_01.png", "1_002_1_02.png", "1_002_2_06.png", "2_001_1_01.png", "2_001_2_06.png"]
+    write_mat73(
+        tmp_path / "cuhk03_release" / "cuhk-03.mat", cells, [np.asarray([[1, 2], [2, 1]]), np.asarray([[1, 1], [2, 1]])]
+    )
+    files = [
+        "1_001_1_01.png",
+        "1_001_2_06.png",
+        "1_002_1_01.png",
+        "1_002_1_02.png",
+        "1_002_2_06.png",
+        "2_001_1_01.png",
+        "2_001_2_06.png",
+    ]
     filelist = np.empty((len(files), 1), dtype=object)
     for i, name in enumerate(files):
         filelist[i, 0] = np.asarray([name])
     col = lambda v: np.asarray(v, float).reshape(-1, 1)  # noqa: E731
-    savemat(tmp_path / "cuhk03_new_protocol_config_labeled.mat", {
-        "filelist": filelist, "labels": col([1, 1, 2, 2, 2, 3, 3]), "camId": col([1, 2, 1, 1, 2, 1, 2]),
-        "train_idx": col([1, 2]), "query_idx": col([3, 6]), "gallery_idx": col([4, 5, 7])})
+    savemat(
+        tmp_path / "cuhk03_new_protocol_config_labeled.mat",
+        {
+            "filelist": filelist,
+            "labels": col([1, 1, 2, 2, 2, 3, 3]),
+            "camId": col([1, 2, 1, 1, 2, 1, 2]),
+            "train_idx": col([1, 2]),
+            "query_idx": col([3, 6]),
+            "gallery_idx": col([4, 5, 7]),
+        },
+    )
     return tmp_path
 
 
@@ -136,7 +185,9 @@ def test_cuhk03_new_protocol(cuhk03_root):
 
 
 def test_cuhk03_classic_protocol(cuhk03_root):
-    d = data.load_dataset("cuhk03-labeled-classic", cuhk03_root)  # split 0 tests (pair 1, person 2) and (pair 2, person 1)
+    d = data.load_dataset(
+        "cuhk03-labeled-classic", cuhk03_root
+    )  # split 0 tests (pair 1, person 2) and (pair 2, person 1)
     assert {s.pid for s in d.query} == {s.pid for s in d.gallery} == {1002, 2001}
     assert {s.camid for s in d.query} == {0} and {s.camid for s in d.gallery} == {1}
     assert {s.pid for s in d.train} == {1001}
@@ -152,7 +203,9 @@ def test_cuhk03_read_only_release_extracts_into_the_cache(cuhk03_root, tmp_path_
     monkeypatch.setenv("REIDBENCH_CACHE", str(cache))
     os.chmod(cuhk03_root, 0o555)
     real_access = os.access  # root ignores permissions, so the check itself answers "not writable" here
-    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == cuhk03_root else real_access(path, mode))
+    monkeypatch.setattr(
+        os, "access", lambda path, mode: False if Path(path) == cuhk03_root else real_access(path, mode)
+    )
     try:
         d = data.load_dataset("cuhk03-labeled", cuhk03_root)
         assert Path(d.train[0].path).is_relative_to(cache) and not (cuhk03_root / "cuhk03-extracted").exists()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from harness.data import load_dataset, market1501
-from harness.data.synthetic import write_market1501
+from harness.data.synthetic.market1501 import write_market1501
 from harness.errors import UserError
 
 
@@ -21,11 +21,14 @@ def touch_layout(root: Path, files: dict[str, list[str]]) -> Path:
 
 
 def test_hand_made_fixture_in_the_real_naming(tmp_path):
-    root = touch_layout(tmp_path, {
-        "bounding_box_train": ["0002_c1s1_000451_03.jpg", "0002_c2s1_000301_01.jpg", "0007_c6s3_085567_02.jpg"],
-        "query": ["0001_c1s1_001051_00.jpg"],
-        "bounding_box_test": ["0001_c2s1_000301_01.jpg", "0000_c1s1_000151_01.jpg", "-1_c1s1_000401_03.jpg"],
-    })
+    root = touch_layout(
+        tmp_path,
+        {
+            "bounding_box_train": ["0002_c1s1_000451_03.jpg", "0002_c2s1_000301_01.jpg", "0007_c6s3_085567_02.jpg"],
+            "query": ["0001_c1s1_001051_00.jpg"],
+            "bounding_box_test": ["0001_c2s1_000301_01.jpg", "0000_c1s1_000151_01.jpg", "-1_c1s1_000401_03.jpg"],
+        },
+    )
     (root / market1501.FOLDER / "bounding_box_test" / "Thumbs.db").write_bytes(b"")
     data = load_dataset("market1501", root)
     assert [(s.pid, s.camid) for s in data.train] == [(2, 0), (2, 1), (7, 5)]
@@ -54,7 +57,13 @@ def test_missing_split_folder_is_named(tmp_path):
 
 
 def test_badly_named_files_are_reported_with_an_example(tmp_path):
-    root = touch_layout(tmp_path, {"bounding_box_train": ["0002_c1s1_000451_03.jpg", "person_2.jpg"],
-                                   "query": ["0001_c1s1_001051_00.jpg"], "bounding_box_test": ["0001_c2s1_000301_01.jpg"]})
+    root = touch_layout(
+        tmp_path,
+        {
+            "bounding_box_train": ["0002_c1s1_000451_03.jpg", "person_2.jpg"],
+            "query": ["0001_c1s1_001051_00.jpg"],
+            "bounding_box_test": ["0001_c2s1_000301_01.jpg"],
+        },
+    )
     with pytest.raises(UserError, match="1 file\\(s\\) in .*bounding_box_train are not named like .*'person_2.jpg'"):
         load_dataset("market1501", root)

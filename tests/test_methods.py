@@ -1,13 +1,19 @@
-"""Every registered method on a small backbone: shapes, finite losses, gradients everywhere."""
+"""Every registered method on a small backbone: shapes, finite losses, gradients everywhere (the
+backbones themselves, their taps, last stride and weights: tests/test_backbones.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
-from harness.data.transforms import random_cues
-from methods import create_model, method_names, method_variants
-from methods.backbones import MissingWeights, backbone_names, create_backbone
+from harness.cli import main
+from harness.data.cues import check_names, random_cues
+from harness.errors import UserError
+from harness.runner import check_cues
+from harness.spec import load_spec
+from methods import Cues, create_model, method_cues, method_names, method_variants, register_method
+from methods.backbones import create_backbone
 
 CASES = [(m, v) for m in method_names() for v in method_variants(m)]
 
@@ -16,6 +22,11 @@ CASES = [(m, v) for m in method_names() for v in method_variants(m)]
 def test_trains_and_embeds(method, variant):
     torch.manual_seed(0)
     model = create_model(method, variant=variant, backbone="resnet18", num_classes=5, pretrained=False)
+    declared = method_cues(method, variant)  # what listing and pre-flight checks read, without a model
+    assert (model.train_cues, model.test_cues) == (declared.train, declared.test), (
+        "the model disagrees with its registration"
+    )
+    check_names(declared.train + declared.test, f"{method}:{variant}")
     images, pids = torch.randn(8, 3, 128, 64), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
     cues = random_cues(set(model.train_cues) | set(model.test_cues), 8, (128, 64))
     inputs = lambda needed: (images, {n: cues[n] for n in needed}) if needed else (images,)  # noqa: E731
@@ -29,35 +40,11 @@ def test_trains_and_embeds(method, variant):
         assert model(*inputs(model.test_cues)).shape == (8, model.embedding_dim)
 
 
-@pytest.mark.parametrize("name", backbone_names())
-def test_last_stride_one_doubles_the_final_map(name):
-    x = torch.randn(1, 3, 64, 32)
-    with torch.no_grad():  # eval: ResNet50-M's fusion BatchNorm needs two samples in training
-        assert create_backbone(name, last_stride=2).eval()(x).shape[-2:] == (2, 1)
-        assert create_backbone(name, last_stride=1).eval()(x).shape[-2:] == (4, 2)
-
-
-def test_pretrained_weights_are_never_downloaded(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(MissingWeights, match=f"not cached: expected {tmp_path}/hub/checkpoints/resnet18-"):
-        create_backbone("resnet18", pretrained=True)
-    assert not any(tmp_path.rglob("*.pth"))
-
-
 def test_unknown_names_list_the_registered_ones():
     with pytest.raises(KeyError, match="baseline"):
         create_model("nope", backbone="resnet18", num_classes=2)
     with pytest.raises(KeyError, match="resnet50"):
         create_backbone("nope")
-
-
-@pytest.mark.parametrize("name", backbone_names())
-def test_every_backbone_gives_its_tap(name):
-    net = create_backbone(name)
-    with torch.no_grad():
-        final, tap = net.forward_with_tap(torch.randn(2, 3, 128, 64))
-    assert final.shape[:2] == (2, net.out_channels) and tap.shape[:2] == (2, net.tap_channels)
-    assert net.tap_name
 
 
 def test_random_cues_have_the_documented_formats():
@@ -66,3 +53,44 @@ def test_random_cues_have_the_documented_formats():
     assert torch.allclose(cues["parsing"].sum(dim=(2, 3)), torch.ones(3, 5))
     assert cues["densepose"].shape == (3, 24, 3, 32, 32) and cues["pose"].shape == (3, 13, 4, 2)
     assert cues["saliency"].shape == cues["mask"].shape == (3, 1, 64, 32)
+
+
+def test_a_method_declares_its_cues_per_variant_at_registration():
+    assert method_cues("baseline") == Cues() and method_cues("gasm", "full") == Cues(train=("mask", "pose"))
+    assert (
+        method_cues("ssp-reid")
+        == method_cues("ssp-reid", "ssp")
+        == Cues(("saliency", "parsing"), ("saliency", "parsing"))
+    )
+    with pytest.raises(KeyError, match="has no variant 'nope'; it has baseline, mask, pose, full"):
+        method_cues("gasm", "nope")
+    with pytest.raises(TypeError, match="variant\\(s\\) b must be Cues"):
+        register_method("toy", variants={"a": Cues(), "b": ("mask",)})
+
+
+def test_listing_and_checking_cues_build_no_model(tmp_path, monkeypatch, capsys):
+    """`reidbench methods` and the run's pre-flight check read the declarations, not a model."""
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        '[grid]\nmethods = ["gasm:full", "ssp-reid"]\nbackbones = ["resnet50"]\ntrain_datasets = ["market1501"]\n'
+    )
+    gasm, ssp = load_spec(spec).cells
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("a model was built")
+
+    monkeypatch.setattr(nn.Module, "__init__", refuse)
+    assert main(["methods"]) == 0
+    listed = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert ["gasm", "full", "mask,", "pose", "-"] in listed and [
+        "ssp-reid",
+        "ssp",
+        "saliency,",
+        "parsing",
+        "saliency,",
+        "parsing",
+    ] in listed
+    with pytest.raises(UserError, match="gasm:full needs mask cue maps of market1501, but .*cues/mask does not exist"):
+        check_cues(gasm, {"market1501": tmp_path})
+    with pytest.raises(UserError, match="ssp-reid:ssp needs saliency cue maps of market1501"):
+        check_cues(ssp, {"market1501": tmp_path})

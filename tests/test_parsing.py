@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,15 +15,17 @@ from torchvision.models import inception
 
 from harness import data
 from harness.cli import main
+from harness.cli.data import check_files
 from harness.data import lip
-from harness.data.cli import check_files
+from harness.data.body_maps import lip_regions
 from harness.data.cues import load_cue
-from harness.data.synth_layouts import write_layout
-from harness.data.transforms import CueTransform, lip_regions
+from harness.data.synthetic.layouts import write_layout
+from harness.data.transforms import CueTransform
 from harness.errors import UserError
-from harness.parsing.metrics import confusion_matrix, parsing_scores
-from harness.parsing.run import LipImages, Recipe, load, lr_factor, train, write_cues
+from harness.human_parsing.metrics import confusion_matrix, parsing_scores
+from harness.human_parsing.run import LipImages, Recipe, load, lr_factor, train, write_cues
 from methods.spreid_parsing import ASPP_RATES, _GridReduction, build_parsing_net
+from tests import helpers
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,22 @@ def test_last_block_dilated_grid_reduction_unstrided_aspp_rates(net):
     for block in blocks[:-2]:
         assert all(m.dilation == (1, 1) for m in block.modules() if isinstance(m, torch.nn.Conv2d))
     assert tuple(b[0].dilation[0] for b in net.aspp.branches) == ASPP_RATES == (3, 6, 9, 12)
-    assert net.aspp.project[0].in_channels == 4 * 256 and net.classifier.out_channels == 20
+    assert net.aspp.project[0].in_channels == 4 * 256 + 2 * 512 and net.classifier.out_channels == 20
+
+
+def test_aspp_as_the_authors_code_or_as_the_papers_sentence():
+    """modelx.py Classifier: image pooling (512) + 1x1 (512) + four atrous 3x3 (256), projected to 1024;
+    the paper's sentence alone: four atrous branches, projected to 256. 44.9 M against 40.9 M parameters."""
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    authors, paper = build_parsing_net(pretrained=False), build_parsing_net(pretrained=False, aspp="paper")
+    assert (authors.aspp.out_channels, authors.classifier.in_channels) == (1024, 1024)
+    assert (paper.aspp.out_channels, paper.aspp.project[0].in_channels) == (256, 4 * 256)
+    assert (count(authors), count(paper)) == (44_880_884, 40_929_780)
+    # the image-pooling branch is the same at every position: a constant image gives a constant map
+    x = torch.zeros(1, 2048, 4, 3)
+    with torch.no_grad():
+        pooled = authors.aspp.eval().pooling(x.mean(dim=(2, 3), keepdim=True))
+        assert authors.aspp(torch.randn(2, 2048, 4, 3)).shape == (2, 1024, 4, 3) and pooled.shape == (1, 512, 1, 1)
 
 
 @pytest.mark.parametrize("block,channels", [(inception.InceptionB, 288), (inception.InceptionD, 768)])
@@ -71,12 +86,20 @@ def test_grid_reduction_is_torchvisions_block_when_unpadded(block, channels):
 
 def test_imagenet_weights_come_from_the_cache_only(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    code = main(["parsing", "train", "--root", str(tmp_path / "lip"), "--out", str(tmp_path / "m.pt"), "--device", "cpu"])
+    code = main(
+        ["parsing", "train", "--root", str(tmp_path / "lip"), "--out", str(tmp_path / "m.pt"), "--device", "cpu"]
+    )
     err = capsys.readouterr().err
-    assert code == 2 and f"not cached: expected {tmp_path}/hub/checkpoints/inception_v3_google-" in err and "Traceback" not in err
+    assert (
+        code == 2
+        and f"not cached: expected {tmp_path}/hub/checkpoints/inception_v3_google-" in err
+        and "Traceback" not in err
+    )
     assert not any(tmp_path.rglob("*.pth"))
     torch.manual_seed(1)
-    google = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False)  # the published file's keys
+    google = torchvision.models.inception_v3(
+        weights=None, aux_logits=True, init_weights=False
+    )  # the published file's keys
     cached = tmp_path / "hub" / "checkpoints" / "inception_v3_google-0cc3c7bd.pth"
     cached.parent.mkdir(parents=True)
     torch.save(google.state_dict(), cached)
@@ -93,7 +116,12 @@ def test_learning_rate_groups_follow_the_paper(net):
     assert len(ids) == len(set(ids)) == len(list(net.parameters()))
     recipe = Recipe(iterations=100)
     factors = [lr_factor(t, recipe) for t in range(100)]
-    assert factors[0] == 1 and factors[9] == 1 and factors[10] == pytest.approx(0.9) and factors[99] == pytest.approx(0.9**9)
+    assert (
+        factors[0] == 1
+        and factors[9] == 1
+        and factors[10] == pytest.approx(0.9)
+        and factors[99] == pytest.approx(0.9**9)
+    )
     assert len(set(factors)) == 10  # "we decay the learning rate 10 times using exponential shift with the rate of 0.9"
 
 
@@ -111,6 +139,15 @@ def test_scores_of_a_hand_worked_confusion():
     assert scores["overall_acc"] == pytest.approx(100 * 5 / 9)
     assert scores["mean_acc"] == pytest.approx(100 * (1 / 3 + 1 / 2 + 3 / 4) / 3)
     assert scores["mean_iou"] == pytest.approx(100 * (1 / 4 + 1 / 3 + 3 / 5 + 0) / 4)
+
+
+def test_socks_are_shoes_as_both_authors_group_them():
+    """LIP label 8 (Socks) goes with the shoes (18, 19), in SPReID's and in SSP-ReID's code (body_maps.py)."""
+    labels = np.asarray([[8, 18, 19, 9, 12, 16, 17, 0]], np.uint8)
+    regions = CueTransform((1, 8), train=False)(torch.zeros(3, 1, 8, dtype=torch.uint8), {"parsing": labels})[1]
+    shoes, lower = regions["parsing"][4] > 0, regions["parsing"][3] > 0
+    assert shoes[0].tolist() == [True, True, True, False, False, False, False, False]
+    assert lower[0].tolist() == [False, False, False, True, True, True, True, False]
 
 
 def test_region_probabilities_group_like_label_maps():
@@ -140,7 +177,10 @@ def test_synthetic_lip_has_the_published_layout(tmp_path):
     sizes, seen = set(), set()
     for image_path, label_path in train + val:
         assert re.fullmatch(r"\d+_\d{6}", image_path.stem) and image_path.stem == label_path.stem
-        assert image_path.parent == tmp_path / "a" / "TrainVal_images" / f"{'val' if (image_path, label_path) in val else 'train'}_images"
+        assert (
+            image_path.parent
+            == tmp_path / "a" / "TrainVal_images" / f"{'val' if (image_path, label_path) in val else 'train'}_images"
+        )
         with Image.open(image_path) as image, Image.open(label_path) as labels:
             assert image.format == "JPEG" and labels.mode == "L" and image.size == labels.size
             values = set(np.unique(np.array(labels)).tolist())
@@ -181,8 +221,8 @@ def test_flip_swaps_left_and_right_labels(tmp_path):
 def test_write_cues_refuses_to_hide_behind_label_pngs(tmp_path, monkeypatch):
     monkeypatch.setenv("REIDBENCH_CACHE", str(tmp_path / "cache"))
     write_layout("market1501", tmp_path, ids=4, seed=0)
-    with pytest.raises(UserError, match="read in preference to the .npy"):
-        write_cues(None, "market1501", tmp_path, (32, 16), device=torch.device("cpu"))
+    with pytest.raises(UserError, match="read in preference to the .npy"):  # the default source, cues/parsing/
+        write_cues(None, "market1501", tmp_path, (32, 16), device=torch.device("cpu"), source=None)
 
 
 def test_a_file_that_is_not_a_parsing_model_is_a_user_error(tmp_path):
@@ -221,38 +261,77 @@ def test_an_interrupted_training_resumes_where_it_stopped(tmp_path):
     assert any("resuming from step 2" in line for line in lines) and steps == ["3/3"]
     assert out.is_file() and not (tmp_path / "m.pt.resume").exists()
     with pytest.raises(UserError, match="another recipe"):
-        train(Recipe(iterations=4, input_size=(32, 32), batch_size=2), tmp_path / "lip", tmp_path / "other.pt", **kwargs)
+        train(
+            Recipe(iterations=4, input_size=(32, 32), batch_size=2), tmp_path / "lip", tmp_path / "other.pt", **kwargs
+        )
 
 
 @pytest.mark.slow
 def test_train_eval_and_write_cues_end_to_end(tmp_path):
     """Through the CLI: train on synthetic LIP, score it, write cues that the re-ID data loader reads."""
+
     def reidbench(*args: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
-                              env={**__import__("os").environ, "REIDBENCH_CACHE": str(tmp_path / "cache")})
+        done = helpers.reidbench(*args, cwd=tmp_path, env=helpers.cache_env(tmp_path))
         assert done.returncode == 0, done.stderr
         return done.stdout
 
     reidbench("data", "synth", "lip", str(tmp_path / "lip"), "--ids", "10")
     model = tmp_path / "parsing.pt"
-    reidbench("parsing", "train", "--root", str(tmp_path / "lip"), "--out", str(model), "--iterations", "3",
-              "--input-size", "64x32", "--batch-size", "4", "--no-pretrained", "--device", "cpu", "--workers", "0")
-    out = reidbench("parsing", "eval", "--model", str(model), "--root", str(tmp_path / "lip"), "--device", "cpu", "--workers", "0")
-    scores = {m.group(1): float(m.group(2)) for m in re.finditer(r"(overall acc\.|mean acc\.|mean IoU)\s+([\d.]+) %", out)}
+    reidbench(
+        "parsing",
+        "train",
+        "--root",
+        str(tmp_path / "lip"),
+        "--out",
+        str(model),
+        "--iterations",
+        "3",
+        "--input-size",
+        "64x32",
+        "--batch-size",
+        "4",
+        "--no-pretrained",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+    )
+    out = reidbench(
+        "parsing", "eval", "--model", str(model), "--root", str(tmp_path / "lip"), "--device", "cpu", "--workers", "0"
+    )
+    scores = {
+        m.group(1): float(m.group(2)) for m in re.finditer(r"(overall acc\.|mean acc\.|mean IoU)\s+([\d.]+) %", out)
+    }
     assert set(scores) == {"overall acc.", "mean acc.", "mean IoU"} and all(0 <= v <= 100 for v in scores.values())
     assert "at 64x32" in out  # the model's own training size by default
 
     reid = tmp_path / "reid"
     reidbench("data", "synth", "market1501", str(reid), "--ids", "4")
-    shutil.rmtree(reid / "cues" / "parsing")  # the renderer's exact label maps; the model's take their place
-    out = reidbench("parsing", "write-cues", "--model", str(model), "--dataset", "market1501", "--root", str(reid),
-                    "--input-size", "64x32", "--device", "cpu", "--workers", "0")
+    exact = sorted(p.relative_to(reid) for p in (reid / "cues" / "parsing").rglob("*.png"))  # the renderer's maps
+    out = reidbench(
+        "parsing",
+        "write-cues",
+        "--model",
+        str(model),
+        "--dataset",
+        "market1501",
+        "--root",
+        str(reid),
+        "--input-size",
+        "64x32",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+    )
     dataset = data.load_dataset("market1501", reid)
     samples = {s.path: s for s in dataset.train + dataset.query + dataset.gallery}
-    assert f"Wrote {len(samples)} parsing cue map(s)" in out
-    assert check_files(dataset, reid, ("parsing",)) == []
+    assert f"Wrote {len(samples)} parsing cue map(s) under {reid / 'cues' / 'parsing@spreid'}/" in out
+    assert check_files(dataset.train + dataset.query + dataset.gallery, reid, ("parsing@spreid",)) == []
+    # its own source: the default source's maps (here the renderer's label PNGs) stay as they were
+    assert sorted(p.relative_to(reid) for p in (reid / "cues" / "parsing").rglob("*") if p.is_file()) == exact
     sample = dataset.train[0]
-    regions = load_cue(reid, "parsing", sample.cue_key, (128, 64))
+    regions = load_cue(reid, "parsing@spreid", sample.cue_key, (128, 64))
     assert regions.shape == (5, 128, 64) and regions.dtype == np.float32
     assert (regions >= 0).all() and (regions[0] <= 1 + 1e-5).all()
     assert np.allclose(regions[1:].sum(0), regions[0], atol=1e-5)  # the four parts partition the foreground

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import harness.single_shot as single_shot
-from harness.evaluate import evaluate
+import harness.eval.metrics as single_shot
+from harness.eval.metrics import evaluate
 
 
 def _eval(dist, q_pids, g_pids, q_cams, g_cams, protocol, **kwargs) -> dict:
@@ -25,28 +25,25 @@ def _eval(dist, q_pids, g_pids, q_cams, g_cams, protocol, **kwargs) -> dict:
 # --------------------------------------------------------------------------
 
 
-def test_occluded_keeps_same_camera_matches_and_drops_junk() -> None:
-    # Query pid 1, cam 0.  Gallery:
-    #   0: 0.1 pid1 cam0  <- same camera: removed under market, KEPT under occluded
-    #   1: 0.2 pid-1      <- junk: removed under both
-    #   2: 0.3 pid2 cam1
-    #   3: 0.4 pid1 cam1
-    # occluded ranking: idx0(v) idx2(x) idx3(v): hits at 1 and 3
-    #   AP = (1/1 + 2/3) / 2 = 5/6, INP = 2/3, rank1 = 1
-    # market ranking:   idx2(x) idx3(v): AP = 1/2, rank1 = 0
-    args = ([[0.1, 0.2, 0.3, 0.4]], [1], [1, -1, 2, 1], [0], [0, 1, 1, 1])
+def test_occluded_leaves_out_the_whole_body_image_with_the_querys_index_and_drops_junk() -> None:
+    # camids are image indices within a person (FastReID's OccludedREID loader). Query pid 1, index 2:
+    #   0: 0.1 pid1 index 2  <- the same index: left out, as FastReID's evaluate_rank leaves it out
+    #   1: 0.2 pid-1         <- junk: removed
+    #   2: 0.3 pid2 index 1
+    #   3: 0.4 pid1 index 1
+    #   4: 0.5 pid1 index 3
+    # ranking: idx2(x) idx3(v) idx4(v): hits at 2 and 3, AP = (1/2 + 2/3) / 2 = 7/12, INP = 2/3, rank1 = 0
+    args = ([[0.1, 0.2, 0.3, 0.4, 0.5]], [1], [1, -1, 2, 1, 1], [2], [2, 1, 1, 1, 3])
     occ = _eval(*args, "occluded", max_rank=3)
-    assert occ["mAP"] == pytest.approx(5 / 6, abs=1e-12)
+    assert occ["mAP"] == pytest.approx(7 / 12, abs=1e-12)
     assert occ["mINP"] == pytest.approx(2 / 3, abs=1e-12)
-    np.testing.assert_array_equal(occ["cmc"], [1.0, 1.0, 1.0])
-    market = _eval(*args, "market", max_rank=3)
-    assert market["mAP"] == pytest.approx(0.5, abs=1e-12) and market["rank1"] == 0.0
+    np.testing.assert_array_equal(occ["cmc"], [0.0, 1.0, 1.0])
 
 
 def test_occluded_skips_queries_without_match() -> None:
-    # Query 0 (pid 1): gallery idx1 pid1 at 0.2 behind idx0 pid3 at 0.1 -> AP 1/2.
+    # Query 0 (pid 1, index 1): gallery idx1 pid1 index 2 at 0.2 behind idx0 pid3 at 0.1 -> AP 1/2.
     # Query 1 (pid 9): no pid-9 image in the gallery -> skipped.
-    r = _eval([[0.1, 0.2], [0.3, 0.4]], [1, 9], [3, 1], [0, 0], [0, 0], "occluded", max_rank=2)
+    r = _eval([[0.1, 0.2], [0.3, 0.4]], [1, 9], [3, 1], [1, 1], [1, 2], "occluded", max_rank=2)
     assert r["num_valid_queries"] == 1 and r["num_queries"] == 2
     assert r["mAP"] == pytest.approx(0.5, abs=1e-12)
     np.testing.assert_array_equal(r["cmc"], [0.0, 1.0])
@@ -68,6 +65,13 @@ def test_cuhk03_classic_one_image_per_identity_is_exact() -> None:
     # AP = INP = 1/2, CMC = [0, 1, 1], whatever the seed.
     r = _eval([[0.05, 0.1, 0.2, 0.3, 0.5]], [1], [1, 2, 1, 3, -1], [0], [0, 1, 1, 1, 0], "cuhk03-classic", max_rank=3)
     assert r["mAP"] == pytest.approx(0.5, abs=1e-12) and r["mINP"] == pytest.approx(0.5, abs=1e-12)
+    # compute_AP.m with one good image at rank 2: precision 1/2, the item before it 0/1 -> (1/2 + 0)/2 = 1/4
+    assert r["mAP_official"] == pytest.approx(0.25, abs=1e-12)
+    # ... and at rank 1 it starts from precision 1: (1 + 1)/2 = 1
+    first = _eval(
+        [[0.05, 0.3, 0.2, 0.3, 0.5]], [1], [1, 2, 1, 3, -1], [0], [0, 1, 1, 1, 0], "cuhk03-classic", max_rank=3
+    )
+    assert first["mAP_official"] == first["mAP"] == 1.0
     np.testing.assert_allclose(r["cmc"], [0.0, 1.0, 1.0])
     assert r["rank1"] == 0.0 and r["rank5"] == 1.0 and r["num_valid_queries"] == 1
 
@@ -102,7 +106,10 @@ def test_cuhk03_classic_is_deterministic_and_seeded(monkeypatch) -> None:
     rng = np.random.default_rng(0)
     dist = rng.random((20, 60)).astype(np.float32)
     labels = (rng.integers(0, 10, 20), rng.integers(0, 10, 60), rng.integers(0, 2, 20), rng.integers(0, 2, 60))
-    first, again = evaluate(dist, *labels, protocol="cuhk03-classic"), evaluate(dist, *labels, protocol="cuhk03-classic")
+    first, again = (
+        evaluate(dist, *labels, protocol="cuhk03-classic"),
+        evaluate(dist, *labels, protocol="cuhk03-classic"),
+    )
     assert _same(first, again)
     monkeypatch.setattr(single_shot, "SEED", 1)
     assert not _same(first, evaluate(dist, *labels, protocol="cuhk03-classic"))

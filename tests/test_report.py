@@ -18,7 +18,7 @@ from PIL import Image
 from harness.cli import main
 from harness.report.build import write_report
 from harness.report.mapping import identity
-from harness.report.reference import TABLES, reference_cells
+from harness.report.reference import CSV_COLUMNS, METRICS, PAPERS, TABLES, parse_cells, parse_papers, reference_cells
 from harness.report.render import markdown_table
 from harness.report.tables import build_table
 from harness.store import PROFILE_SCHEMA, SCHEMA, Store
@@ -27,18 +27,53 @@ GOLDEN = Path(__file__).parent / "golden"
 _WHEN = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
-def result_row(method="baseline", variant="bnneck", backbone="resnet50", train="market1501", test=None, seed=0,
-               rerank=False, synthetic=True, protocol="market", rank1=0.5, mAP=0.3, **extra):
+def result_row(
+    method="ssp-reid",
+    variant="backbone",  # SSP-ReID Table 3 "backbone only"
+    backbone="resnet50",
+    train="market1501",
+    test=None,
+    seed=0,
+    rerank=False,
+    synthetic=True,
+    protocol="market",
+    rank1=0.5,
+    mAP=0.3,
+    **extra,
+):
     row = {name: None for name in SCHEMA.names}
     test = test or train
     row.update(
-        schema_version=1, grid="g", cell_id=f"{method}-{variant}-{backbone}-{train}-{seed}-{int(synthetic)}",
-        method=method, variant=variant, backbone=backbone, train_dataset=train, test_dataset=test,
-        synthetic=synthetic, seed=seed, rerank=rerank, protocol=protocol, mAP=mAP, mINP=0.1, rank1=rank1,
-        rank5=min(1.0, rank1 + 0.1), rank10=min(1.0, rank1 + 0.15),
-        cmc=[min(1.0, rank1 + 0.01 * k) for k in range(60)], num_query=10, num_gallery=100, num_valid_queries=10,
-        iterations=5, train_seconds=1.0, train_images_per_second=30.0, eval_seconds=0.5, world_size=1,
-        executor="local", started_at=_WHEN, finished_at=_WHEN, config="{}",
+        schema_version=1,
+        grid="g",
+        cell_id=f"{method}-{variant}-{backbone}-{train}-{seed}-{int(synthetic)}",
+        method=method,
+        variant=variant,
+        backbone=backbone,
+        train_dataset=train,
+        test_dataset=test,
+        synthetic=synthetic,
+        seed=seed,
+        rerank=rerank,
+        protocol=protocol,
+        mAP=mAP,
+        mINP=0.1,
+        rank1=rank1,
+        rank5=min(1.0, rank1 + 0.1),
+        rank10=min(1.0, rank1 + 0.15),
+        cmc=[min(1.0, rank1 + 0.01 * k) for k in range(60)],
+        num_query=10,
+        num_gallery=100,
+        num_valid_queries=10,
+        iterations=5,
+        train_seconds=1.0,
+        train_images_per_second=30.0,
+        eval_seconds=0.5,
+        world_size=1,
+        executor="local",
+        started_at=_WHEN,
+        finished_at=_WHEN,
+        config="{}",
     )
     row.update(extra)
     return row
@@ -47,15 +82,39 @@ def result_row(method="baseline", variant="bnneck", backbone="resnet50", train="
 def profile_row(profile_id, method="ssp-reid", variant="ssp", backbone="resnet50", gpu=True, **extra):
     row = {name: None for name in PROFILE_SCHEMA.names}
     row.update(
-        schema_version=1, profile_id=profile_id, source="profile", method=method, variant=variant, backbone=backbone,
-        input_height=256, input_width=128, batch_size=64, world_size=2 if gpu else 1, precision="bf16" if gpu else "fp32",
-        options="{}", train_steps=50, warmup_steps=10, train_images_per_second=1200.0 if gpu else 20.0,
-        train_images_per_second_per_device=600.0 if gpu else 20.0, infer_images_per_second=5000.0 if gpu else 80.0,
-        device="cuda" if gpu else "cpu", executor="local", started_at=_WHEN, finished_at=_WHEN, config="{}",
+        schema_version=1,
+        profile_id=profile_id,
+        source="profile",
+        method=method,
+        variant=variant,
+        backbone=backbone,
+        input_height=256,
+        input_width=128,
+        batch_size=64,
+        world_size=2 if gpu else 1,
+        precision="bf16" if gpu else "fp32",
+        options="{}",
+        train_steps=50,
+        warmup_steps=10,
+        train_images_per_second=1200.0 if gpu else 20.0,
+        train_images_per_second_per_device=600.0 if gpu else 20.0,
+        infer_images_per_second=5000.0 if gpu else 80.0,
+        device="cuda" if gpu else "cpu",
+        executor="local",
+        started_at=_WHEN,
+        finished_at=_WHEN,
+        config="{}",
     )
     if gpu:
-        row.update(gpu_model="NVIDIA H100 80GB HBM3", gpu_count=2, peak_memory_bytes=12 * 2**30,
-                   sm_utilization=87.5, memory_utilization=40.0, power_watts=512.0, per_gpu="[]")
+        row.update(
+            gpu_model="NVIDIA H100 80GB HBM3",
+            gpu_count=2,
+            peak_memory_bytes=12 * 2**30,
+            sm_utilization=87.5,
+            memory_utilization=40.0,
+            power_watts=512.0,
+            per_gpu="[]",
+        )
     else:
         row.update(gpu_note="no NVIDIA GPU")
     row.update(extra)
@@ -111,28 +170,147 @@ def test_reference_data_ships_in_the_package():
     from importlib import resources
 
     root = Path(__file__).resolve().parents[1]
-    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["harness.report"]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
+        "harness.report"
+    ]
     data = resources.files("harness.report") / "reference"
-    for name in ("paper_results.csv", "caveats.md"):
+    for name in ("paper_results.csv", "caveats.md", "papers.toml"):
         assert (data / name).is_file() and any(fnmatch(f"reference/{name}", p) for p in patterns)
 
 
 def test_reference_rows_map_to_store_identities():
-    by_key = {(c.paper, c.table, c.method, c.variant, c.test_dataset, c.protocol, c.rerank, c.metric): c for c in reference_cells()}
-    ssp = identity(by_key["ssp-reid", 4, "ResNet-M + SSP-ReID + RR", "SSP-ReID (full framework: S-ReID + SP-ReID)",
-                          "cuhk03", "cuhk03-detected", True, "mAP"])
+    by_key = {
+        (c.paper, c.table, c.method, c.variant, c.test_dataset, c.protocol, c.rerank, c.metric): c
+        for c in reference_cells()
+    }
+    ssp = identity(
+        by_key[
+            "ssp-reid",
+            4,
+            "ResNet-M + SSP-ReID + RR",
+            "SSP-ReID (full framework: S-ReID + SP-ReID)",
+            "cuhk03",
+            "cuhk03-detected",
+            True,
+            "mAP",
+        ]
+    )
     assert (ssp.method, ssp.variant, ssp.backbone, ssp.test_dataset, ssp.protocol, ssp.rerank) == (
-        "ssp-reid", "ssp", "resnet50m", "cuhk03-detected", "market", True)
+        "ssp-reid",
+        "ssp",
+        "resnet50m",
+        "cuhk03-detected",
+        "market",
+        True,
+    )
     base = identity(by_key["ssp-reid", 3, "ResNet", "backbone only", "market1501", "", False, "rank1"])
-    assert (base.method, base.variant) == ("baseline", "bnneck")
-    gasm = identity(by_key["gasm", 1, "GASM", "FCN + pose layer + mask layer, guided adaptive spatial matching",
-                           "crowdreid", "", False, "rank1"])
-    assert (gasm.train_dataset, gasm.test_dataset) in {("market1501", "crowd-reid"), ("dukemtmc", "crowd-reid"),
-                                                       ("msmt17", "crowd-reid")}
+    assert (base.method, base.variant) == ("ssp-reid", "backbone")  # the plain backbone, not the BNNeck baseline
+    gasm = identity(
+        by_key[
+            "gasm",
+            1,
+            "GASM",
+            "FCN + pose layer + mask layer, guided adaptive spatial matching",
+            "crowdreid",
+            "",
+            False,
+            "rank1",
+        ]
+    )
+    assert (gasm.train_dataset, gasm.test_dataset) in {
+        ("market1501", "crowd-reid"),
+        ("dukemtmc", "crowd-reid"),
+        ("msmt17", "crowd-reid"),
+    }
     spreid = identity(by_key["spreid", 2, "Model-L", "input 492x164", "cuhk03", "cuhk03-labeled", False, "rank1"])
     assert (spreid.test_dataset, spreid.protocol) == ("cuhk03-labeled-classic", "cuhk03-classic")
     competitor = by_key["ssp-reid", 4, "HA-CNN", "", "market1501", "", False, "mAP"]
     assert identity(competitor) is None
+
+
+def test_the_papers_and_their_layouts_are_data():
+    assert PAPERS == ("ssp-reid", "spreid", "dsa-reid", "scsn", "gasm")  # papers.toml's order, the reports' order
+    assert set(METRICS) <= set(SCHEMA.names)  # a published number stands beside a store column
+    uncertain = [c for c in reference_cells() if c.uncertain]
+    assert len(uncertain) == 63 and all(c.note for c in uncertain)
+
+
+# A paper that is not one of the five: two rows of the CSV and one table layout, no code.
+_TOY_LAYOUT = """
+[toy]
+title = "Toy: a paper added as data"
+
+[[toy.tables]]
+number = 1
+title = "The toy table"
+metric_order = ["mAP", "rank1"]
+"""
+_TOY_ROWS = [
+    "toy,1,Ours,,ResNet50,market1501,market1501,,false,rank1,91.0,false,baseline,bnneck,resnet50,market1501,market1501,market,",
+    (
+        "toy,1,Ours,,ResNet50,market1501,market1501,,false,mAP,80.0,true,baseline,bnneck,resnet50,market1501,market1501,market,"
+        "printed twice with different values"
+    ),
+    "toy,1,Rival,,ResNet50,market1501,market1501,,false,rank1,88.0,false,,,,,,,",
+]
+
+
+def _toy_csv(*rows: str) -> str:
+    return ",".join(CSV_COLUMNS) + "\n" + "\n".join(rows) + "\n"
+
+
+def test_a_new_papers_table_is_csv_rows_and_a_layout(tmp_path):
+    titles, (layout,) = parse_papers(_TOY_LAYOUT)
+    assert titles == {"toy": "Toy: a paper added as data"} and layout.metric_order == ("mAP", "rank1")
+    cells = parse_cells(_toy_csv(*_TOY_ROWS))
+    rows = (
+        Store(store_with(tmp_path, [result_row("baseline", "bnneck", rank1=0.9, mAP=0.75, synthetic=False)]))
+        .read()
+        .rows
+    )
+    table = build_table(layout, rows, reference=cells)
+    assert cell_of(table, "Ours", "Market-1501", "rank1").measure.mean == pytest.approx(90.0)
+    assert cell_of(table, "Ours", "Market-1501", "mAP").footnote == 1 and table.footnotes == (
+        "printed twice with different values",
+    )
+    assert cell_of(table, "Rival", "Market-1501", "rank1").identity is None
+    assert (table.published, table.measurable, table.measured) == (3, 2, 2)
+
+
+@pytest.mark.parametrize(
+    "row,expected",
+    [
+        (
+            _TOY_ROWS[0].replace(",false,baseline", ",maybe,baseline"),
+            "line 2: uncertain must be true or false, not 'maybe'",
+        ),
+        (_TOY_ROWS[0].replace(",resnet50,", ",,"), "line 2: fill every one of store_method"),
+        (_TOY_ROWS[0].replace(",rank1,", ",mean_iou,"), "line 2: metric 'mean_iou' is not a store column"),
+    ],
+)
+def test_reference_rows_that_do_not_hold_together_are_refused_with_their_line(row, expected):
+    with pytest.raises(ValueError, match=expected):
+        parse_cells(_toy_csv(row))
+
+
+@pytest.mark.parametrize(
+    "change,expected",
+    [
+        (("metric_order", "metrics"), r"\[\[toy.tables\]\] number = 1: unknown key 'metrics'"),
+        (('metric_order = ["mAP", "rank1"]', 'block_by = "seed"'), "block_by must be test_dataset or train_dataset"),
+        (('title = "Toy', 'name = "Toy'), r"\[toy\]: a paper has a title"),
+    ],
+)
+def test_table_layouts_that_do_not_hold_together_are_refused(change, expected):
+    with pytest.raises(ValueError, match=expected):
+        parse_papers(_TOY_LAYOUT.replace(*change))
+
+
+def test_the_report_command_names_the_papers_of_the_data(capsys):
+    with pytest.raises(SystemExit):
+        main(["report", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"--paper PAPER {', '.join(PAPERS)} or all (default)" in help_text
 
 
 # -- measured cells ------------------------------------------------------------------------------
@@ -168,14 +346,46 @@ def test_a_store_mixing_real_and_synthetic_shows_the_real_ones(tmp_path):
 
 
 def test_rerank_rows_come_from_the_stores_reranked_rows(tmp_path):
-    rows = [result_row("ssp-reid", "ssp", rank1=0.70, synthetic=False),
-            result_row("ssp-reid", "ssp", rank1=0.90, rerank=True, synthetic=False)]
+    rows = [
+        result_row("ssp-reid", "ssp", rank1=0.70, synthetic=False),
+        result_row("ssp-reid", "ssp", rank1=0.90, rerank=True, synthetic=False),
+    ]
     table = build_table(spec("ssp-reid", 4), Store(store_with(tmp_path, rows)).read().rows)
     assert cell_of(table, "ResNet + SSP-ReID", "Market-1501", "rank1").measure.mean == pytest.approx(70.0)
     assert cell_of(table, "ResNet + SSP-ReID + RR", "Market-1501", "rank1").measure.mean == pytest.approx(90.0)
     # SPReID prints its re-ranked rows as "+re-ranking" under the model they re-rank
     spreid = build_table(spec("spreid", 6), [])
     assert "Inception-V3 ft* +re-ranking" in [r.label for r in spreid.blocks[0].rows]
+
+
+def test_each_paper_compares_the_ap_its_evaluation_computed_and_says_which(tmp_path, monkeypatch):
+    import harness.report.mapping as mapping
+
+    rows = [
+        result_row(mAP=0.40, mAP_official=0.39, synthetic=False),
+        result_row(
+            "ssp-reid",
+            "ssp",
+            mAP=0.60,
+            mAP_official=0.58,
+            rerank=True,
+            synthetic=False,
+            rerank_distance="squared-euclidean",
+        ),
+    ]
+    stored = Store(store_with(tmp_path, rows)).read().rows
+    table = build_table(spec("ssp-reid", 4), stored)
+    assert cell_of(table, "ResNet + SSP-ReID + RR", "Market-1501", "mAP").measure.mean == pytest.approx(60.0)
+    text = markdown_table(table)
+    assert "mAP, published and ours, is the mean of the precision at each true match" in text and "(eqs. 5-6)" in text
+    assert "on squared Euclidean distances (as torchreid hands them to the reference code)" in text
+    # a paper whose evaluation used the official code's AP would be measured with mAP_official
+    monkeypatch.setitem(mapping.PAPER_AP, "ssp-reid", ("mAP_official", "its code runs compute_AP.m"))
+    official = build_table(spec("ssp-reid", 4), stored)
+    assert cell_of(official, "ResNet + SSP-ReID + RR", "Market-1501", "mAP").measure.mean == pytest.approx(58.0)
+    assert cell_of(official, "ResNet + SSP-ReID + RR", "Market-1501", "rank1").measure.mean == pytest.approx(50.0)
+    assert "is the official Market-1501 code's AP (compute_AP.m" in markdown_table(official)
+    assert "mAP, published" not in markdown_table(build_table(spec("spreid", 1), stored))  # LIP: no mAP column
 
 
 def test_competitor_rows_show_the_published_value_alone(tmp_path):
@@ -204,14 +414,21 @@ def test_no_rows_renders_published_values_and_says_so(tmp_path):
 def _golden_store(tmp_path) -> list[dict]:
     rows = [
         # SSP-ReID Table 4: the full framework on ResNet-50, plain and re-ranked, two seeds
-        *(result_row("ssp-reid", "ssp", seed=s, rank1=0.70 + 0.02 * s, mAP=0.40 + 0.01 * s, synthetic=False) for s in (0, 1)),
-        result_row("ssp-reid", "ssp", rank1=0.75, mAP=0.55, rerank=True, synthetic=False),
+        *(
+            result_row("ssp-reid", "ssp", seed=s, rank1=0.70 + 0.02 * s, mAP=0.40 + 0.01 * s, synthetic=False)
+            for s in (0, 1)
+        ),
+        result_row(
+            "ssp-reid", "ssp", rank1=0.75, mAP=0.55, rerank=True, synthetic=False, rerank_distance="squared-euclidean"
+        ),
         # SPReID Table 5 (CUHK03 labeled, classic protocol)
-        result_row("spreid", "wfg", "inception_v3", "cuhk03-labeled-classic", protocol="cuhk03-classic", rank1=0.881, mAP=0.7),
+        result_row(
+            "spreid", "wfg", "inception_v3", "cuhk03-labeled-classic", protocol="cuhk03-classic", rank1=0.881, mAP=0.7
+        ),
         # DSA-reID Table 5, synthetic data
         result_row("dsa-reid", "full", rank1=0.912, mAP=0.801),
         # SCSN Table 6, three seeds
-        *(result_row("scsn", "nmff-14-24-34", train="dukemtmc", seed=s, rank1=0.9 - 0.01 * s, mAP=0.78) for s in (0, 1, 2)),
+        *(result_row("scsn", "stages-3", train="dukemtmc", seed=s, rank1=0.9 - 0.01 * s, mAP=0.78) for s in (0, 1, 2)),
         # GASM Table 3, cross-domain
         result_row("gasm", "full", train="market1501", test="dukemtmc", rank1=0.561, mAP=0.349, synthetic=False),
     ]
@@ -233,8 +450,10 @@ def test_golden_markdown(tmp_path, paper, number):
 
 def _full_store(tmp_path) -> Path:
     rows = [result_row(seed=s, rank1=0.8 + 0.01 * s, synthetic=False) for s in (0, 1)]
-    rows += [result_row("gasm", "full", train="market1501", test=t, rank1=0.4, synthetic=True)
-             for t in ("market1501", "dukemtmc", "crowd-reid")]
+    rows += [
+        result_row("gasm", "full", train="market1501", test=t, rank1=0.4, synthetic=True)
+        for t in ("market1501", "dukemtmc", "crowd-reid")
+    ]
     return store_with(tmp_path, rows, [profile_row("p-gpu"), profile_row("p-cpu", gpu=False)])
 
 
@@ -274,18 +493,37 @@ def test_report_command_with_no_rows_writes_published_tables(tmp_path, capsys):
 
 def test_report_one_table_in_one_format(tmp_path, capsys):
     root = _full_store(tmp_path)
-    assert main(["report", "--store", str(root), "--paper", "ssp-reid", "--table", "3", "--format", "latex",
-                 "--out", str(tmp_path / "out")]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--store",
+                str(root),
+                "--paper",
+                "ssp-reid",
+                "--table",
+                "3",
+                "--format",
+                "latex",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     assert "| ResNet " in capsys.readouterr().out
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["ssp-reid-table3.tex"]
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["--paper", "sspreid"], "did you mean 'ssp-reid'"),
-    (["--paper", "gasm", "--table", "7"], "Valid tables of gasm: 1, 2, 3, 4."),
-    (["--table", "3"], "needs --paper"),
-    (["--format", "pdf"], "Valid names: csv, html, latex, md."),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--paper", "sspreid"], "did you mean 'ssp-reid'"),
+        (["--paper", "gasm", "--table", "7"], "Valid tables of gasm: 1, 2, 3, 4."),
+        (["--table", "3"], "needs --paper"),
+        (["--format", "pdf"], "Valid names: csv, html, latex, md."),
+    ],
+)
 def test_bad_paper_table_or_format_lists_the_valid_ones(tmp_path, capsys, args, expected):
     assert main(["report", "--store", str(tmp_path / "s"), "--out", str(tmp_path / "out"), *args]) == 2
     err = capsys.readouterr().err
@@ -333,12 +571,22 @@ def test_union_trained_rows_count_as_trained_on_their_test_member():
     union = "market1501+dukemtmc+cuhk03-labeled-classic+cuhk01"
 
     def row(test, target=None):
-        return {"method": "spreid", "variant": "wfg-ft", "backbone": "inception_v3", "train_dataset": union,
-                "test_dataset": test, "protocol": "market", "rerank": False,
-                "config": json.dumps({"cell": {"finetune_dataset": target}})}
+        return {
+            "method": "spreid",
+            "variant": "wfg-ft",
+            "backbone": "inception_v3",
+            "train_dataset": union,
+            "test_dataset": test,
+            "protocol": "market",
+            "rerank": False,
+            "config": json.dumps({"cell": {"finetune_dataset": target}}),
+        }
 
-    index = index_rows([row("market1501"), row("msmt17"), row("market1501", "market1501"), row("dukemtmc", "market1501")])
+    index = index_rows(
+        [row("market1501"), row("msmt17"), row("market1501", "market1501"), row("dukemtmc", "market1501")]
+    )
     key = lambda train, test: Identity("spreid", "wfg-ft", "inception_v3", train, test, "market", False)  # noqa: E731
     assert len(index[key("market1501", "market1501")]) == 2  # the union cell's and the fine-tuned target's row
     assert len(index[key(union, "msmt17")]) == 1  # not a member: cross-domain
-    assert len(index[key(union, "dukemtmc")]) == 1  # a member, but the cell was fine-tuned on another target
+    # a member, but the cell was fine-tuned on another target: a model no table lists
+    assert len(index[key(f"{union}>market1501", "dukemtmc")]) == 1 and not index[key("dukemtmc", "dukemtmc")]

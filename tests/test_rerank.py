@@ -1,4 +1,4 @@
-"""Tests for harness.rerank against a dense, loop-by-loop transcription of the paper's algorithm.
+"""Tests for harness.eval.rerank against a dense, loop-by-loop transcription of the paper's algorithm.
 
 ``_dense_reference`` follows Zhong et al. (CVPR 2017) step by step on the full
 N x N matrix, exactly as the widely used reference code does (full argsort, dense V,
@@ -11,8 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from harness.distance import pairwise_distance
-from harness.rerank import rerank, rerank_features
+from harness.eval.distance import pairwise_distance
+from harness.eval.metrics import evaluate
+from harness.eval.rerank import rerank, rerank_features
+from harness.eval.score import score
+from harness.store import Store
+from tests.helpers import run_tiny_grid
 
 
 def _dense_reference(q_g, q_q, g_g, k1=20, k2=6, lambda_value=0.3):
@@ -60,7 +64,11 @@ def _problem(seed: int, num_q: int = 30, num_g: int = 90, dim: int = 16, ids: in
 
 
 def _matrices(q, g, metric="euclidean"):
-    return (pairwise_distance(q, g, metric=metric), pairwise_distance(q, q, metric=metric), pairwise_distance(g, g, metric=metric))
+    return (
+        pairwise_distance(q, g, metric=metric),
+        pairwise_distance(q, q, metric=metric),
+        pairwise_distance(g, g, metric=metric),
+    )
 
 
 @pytest.mark.parametrize(("seed", "k1", "k2", "lam"), [(0, 20, 6, 0.3), (1, 6, 3, 0.5), (2, 9, 1, 0.0), (3, 4, 2, 1.0)])
@@ -91,7 +99,7 @@ def test_asymmetric_inputs_use_columns_like_the_reference(keep, monkeypatch) -> 
     # so a non-symmetric q_q / g_g is read by columns; so must we be.  keep=1
     # keeps only the k1+1 neighbour distances, so most weights' distances are
     # looked up in the input matrices instead.
-    import harness.rerank as rr
+    import harness.eval.rerank as rr
 
     monkeypatch.setattr(rr, "_KEEP", keep)
     rng = np.random.default_rng(5)
@@ -102,17 +110,17 @@ def test_asymmetric_inputs_use_columns_like_the_reference(keep, monkeypatch) -> 
     assert np.abs(rerank(q_g, q_q, g_g, k1=8, k2=3) - expected).max() <= 1e-4
 
 
-@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
 @pytest.mark.parametrize("keep", [1, 3])
 def test_features_entry_matches_dense_reference(metric, keep, monkeypatch) -> None:
     # Small blocks force several row blocks, pair blocks and Jaccard blocks;
     # keep=1 makes most weights' distances come from recomputed feature blocks.
-    import harness.rerank as rr
+    import harness.eval.rerank as rr
 
     monkeypatch.setattr(rr, "_KEEP", keep)
     monkeypatch.setattr(rr, "_ROW_BLOCK", 7)
     monkeypatch.setattr(rr, "_PAIR_BLOCK", 5)
-    monkeypatch.setattr(rr, "_JACCARD_PAIRS", 300)
+    monkeypatch.setattr(rr, "_JACCARD_CELLS", 300)  # a few queries per Jaccard block
     q, g = _problem(6, num_q=41, num_g=130)
     expected = _dense_reference(*_matrices(q, g, metric))
     got = rerank_features(q, g, metric=metric)
@@ -159,7 +167,13 @@ def test_cuda_matches_dense_reference() -> None:
     ],
 )
 def test_bad_input_names_the_argument(change, name) -> None:
-    args = {"q_g_dist": np.ones((4, 30), np.float32), "q_q_dist": np.ones((4, 4), np.float32), "g_g_dist": np.ones((30, 30), np.float32), "k1": 5, "k2": 3}
+    args = {
+        "q_g_dist": np.ones((4, 30), np.float32),
+        "q_q_dist": np.ones((4, 4), np.float32),
+        "g_g_dist": np.ones((30, 30), np.float32),
+        "k1": 5,
+        "k2": 3,
+    }
     args.update(change)
     with pytest.raises(ValueError, match=name):
         rerank(args.pop("q_g_dist"), args.pop("q_q_dist"), args.pop("g_g_dist"), **args)
@@ -170,3 +184,147 @@ def test_features_bad_input_names_the_argument() -> None:
         rerank_features(torch.zeros(3, 4), torch.zeros(0, 4))
     with pytest.raises(ValueError, match="metric"):
         rerank_features(torch.zeros(3, 4), torch.zeros(5, 4), metric="hamming")
+
+
+def _tied_problem(seed: int = 11):
+    """Clustered features with exact duplicates (tied distances) and near-duplicates closer than
+    bfloat16 can tell apart (1e-4 relative), so the candidate pass alone would mis-order them."""
+    q, g = _problem(seed, num_q=37, num_g=150, dim=64, ids=10)
+    g[100:120] = g[:20]  # exact ties
+    g[120:140] = g[20:40] * (1 + 1e-4 * torch.randn(20, 64, generator=torch.Generator().manual_seed(seed)))
+    q[30:37] = g[50:57]  # queries tied with gallery items
+    return q, g
+
+
+@pytest.mark.parametrize("keep", [1, 3])
+def test_bfloat16_pass_is_identical_to_float32_including_ties(keep, monkeypatch) -> None:
+    # keep=1 leaves each running list only k1 + 1 long, so many rows cannot be certified from
+    # their lists and take the float32 pass of whole rows; small blocks mix float32 query blocks
+    # with bfloat16 gallery blocks.
+    import harness.eval.neighbours as nb
+    import harness.eval.rerank as rr
+
+    monkeypatch.setattr(rr, "_KEEP", keep)
+    monkeypatch.setattr(nb, "_ROW_BLOCK", 16)
+    q, g = _tied_problem()
+    exact = rerank_features(q, g, precision="float32")
+    low = rerank_features(q, g, precision="bfloat16")
+    assert np.array_equal(exact, low)
+    expected = _dense_reference(*_matrices(q, g, "euclidean"))
+    assert np.abs(low - expected).max() <= 1e-4
+
+
+def test_bfloat16_candidates_really_differ_and_rows_fall_back(monkeypatch) -> None:
+    # The test above means something only if bfloat16 alone orders neighbours differently, and the
+    # whole-row fallback is exercised.
+    import harness.eval.neighbours as nb
+
+    q, g = _tied_problem()
+    feats = torch.cat([q, g])
+    approx = torch.cdist(feats.bfloat16().float(), feats.bfloat16().float())
+    exact = torch.cdist(feats.double(), feats.double())
+    assert not torch.equal(approx.argsort(dim=1, stable=True)[:, :21], exact.argsort(dim=1, stable=True)[:, :21])
+    found = []
+    original = nb.euclidean_neighbours
+    monkeypatch.setattr(
+        "harness.eval.rerank.euclidean_neighbours", lambda *a, **k: found.append(original(*a, **k)) or found[-1]
+    )
+    monkeypatch.setattr(nb, "_ROW_BLOCK", 16)
+    monkeypatch.setattr("harness.eval.rerank._KEEP", 1)
+    rerank_features(q, g, precision="bfloat16")
+    assert found[0].fallback_rows > 0
+
+
+def test_exact_squares_do_not_depend_on_the_batch() -> None:
+    # The canonical kernel's value of a pair must not change with the other pairs in the call:
+    # that is what makes both precisions agree bit for bit.
+    from harness.eval.neighbours import exact_squares
+
+    feats = torch.randn(300, 2048, generator=torch.Generator().manual_seed(3))
+    rows, cols = torch.randint(0, 300, (5000,)), torch.randint(0, 300, (5000,))
+    together = exact_squares(feats, rows, cols)
+    alone = torch.cat([exact_squares(feats, rows[i : i + 1], cols[i : i + 1]) for i in range(0, 5000, 97)])
+    assert torch.equal(together[::97], alone)
+    assert torch.equal(exact_squares(feats, cols, rows), together)  # symmetric bit for bit
+
+
+def test_precision_is_checked() -> None:
+    q, g = _problem(1)
+    with pytest.raises(ValueError, match="precision"):
+        rerank_features(q, g, precision="half")
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_neighbours_are_ordered_by_distance_then_index(precision) -> None:
+    # The tie rule both precisions share: equal canonical distances go to the lower index.
+    from harness.eval.neighbours import euclidean_neighbours, exact_squares
+
+    q, g = _tied_problem()
+    feats = torch.cat([q, g])
+    out = torch.zeros(q.shape[0], g.shape[0])
+    found = euclidean_neighbours(feats, q.shape[0], 21, 63, out, precision)
+    rows = torch.arange(feats.shape[0])[:, None].expand_as(found.knn)
+    dist = exact_squares(feats, rows.reshape(-1), found.knn.reshape(-1)).view(found.knn.shape)
+    assert torch.equal(dist, found.near_sq[:, :21])
+    tied = dist[:, 1:] == dist[:, :-1]
+    assert bool(tied.any())  # the problem has ties
+    assert bool((dist[:, 1:] >= dist[:, :-1]).all())
+    assert bool((found.knn[:, 1:] > found.knn[:, :-1])[tied].all())
+    brute = torch.stack(
+        [
+            exact_squares(feats, torch.full((feats.shape[0],), i), torch.arange(feats.shape[0]))
+            for i in range(feats.shape[0])
+        ]
+    )
+    assert torch.equal(found.row_max, brute.max(dim=1).values)
+    order = torch.stack([torch.from_numpy(np.lexsort((np.arange(len(r)), r.numpy()))) for r in brute])
+    assert torch.equal(found.knn, order[:, :21])
+
+
+def test_torch_thread_setting_is_restored() -> None:
+    # Re-ranking runs torch's small kernels on one thread (they lose most under shared cores) and
+    # must hand the caller's setting back, also when it raises.
+    before = torch.get_num_threads()
+    q, g = _problem(2)
+    rerank_features(q, g)
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError):
+        rerank_features(q, g, metric=lambda a, b: torch.zeros(1))
+    assert torch.get_num_threads() == before
+
+
+def _scored_by_reference(embeddings, power: int) -> dict:
+    """The metrics of the reference re-ranking handed Euclidean distances to the `power`."""
+    q, g = torch.from_numpy(embeddings.query), torch.from_numpy(embeddings.gallery)
+    d = [pairwise_distance(a, b) ** power for a, b in ((q, g), (q, q), (g, g))]
+    labels = (embeddings.query_pids, embeddings.gallery_pids, embeddings.query_camids, embeddings.gallery_camids)
+    return evaluate(_dense_reference(*d), *labels, protocol="market")
+
+
+@pytest.mark.slow
+def test_a_cells_reranked_rows_are_the_reference_on_squared_distances(tmp_path) -> None:
+    # torchreid hands re_ranking its squared Euclidean distances (the reference squares them again);
+    # a cell does the same by default, and says so in its row.
+    run, rows, cell_id = run_tiny_grid(tmp_path, "baseline:bnneck")
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    store = Store(tmp_path / "store")
+    row, embeddings = store.read_row(cell_id, "market1501", True), store.read_embeddings(cell_id, "market1501")
+    squared, plain = _scored_by_reference(embeddings, 2), _scored_by_reference(embeddings, 1)
+    assert (
+        row["rerank_distance"] == "squared-euclidean"
+        and store.read_row(cell_id, "market1501", False)["rerank_distance"] is None
+    )
+    for key in ("mAP", "mAP_official", "mINP", "rank1", "rank5"):
+        assert row[key] == pytest.approx(squared[key], abs=1e-6), key
+    assert (row["mAP"], row["mAP_official"]) != pytest.approx((plain["mAP"], plain["mAP_official"]), abs=1e-6)
+    # rerank_distance = "euclidean" hands the reference the plain distances, as reidbench did before.
+    labels = (embeddings.query_pids, embeddings.gallery_pids, embeddings.query_camids, embeddings.gallery_camids)
+    metrics, _ = score(
+        torch.from_numpy(embeddings.query),
+        torch.from_numpy(embeddings.gallery),
+        labels,
+        protocol="market",
+        device=torch.device("cpu"),
+        rerank_distance="euclidean",
+    )[True]
+    assert metrics["rerank_distance"] == "euclidean" and metrics["mAP"] == pytest.approx(plain["mAP"], abs=1e-6)

@@ -5,10 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from e2e_helpers import run_grid
 from methods import create_model
-from methods.scsn import (NonLocalFusion, SalientFeatureExtraction, SpatialAttention, pyramid_pool, stripe_index,
-                          suppress_most_salient)
+from methods.scsn import (
+    NonLocalFusion,
+    SalientFeatureExtraction,
+    SpatialAttention,
+    pyramid_pool,
+    stripe_index,
+    suppress_most_salient,
+)
+from tests.helpers import run_grid
 
 
 def scsn(variant: str, backbone: str = "resnet18", **options):
@@ -95,7 +101,7 @@ def test_rsam_carries_its_map_block_to_block_within_a_stage_only():
     with torch.no_grad():
         model(torch.rand(1, 3, 128, 64))
     assert len(calls) == 8  # resnet18: 2 blocks in each of 4 stages
-    for n, (previous, attention) in enumerate(calls):
+    for n, (previous, _attention) in enumerate(calls):
         if n % 2 == 0:
             assert previous is None  # the first block of a stage starts from A_0 = 0
         else:
@@ -108,8 +114,10 @@ def test_stages_three_and_four_keep_stride_one():
         assert model.forward_features(torch.rand(1, 3, 128, 64)).shape == (1, 512, 16, 8)
 
 
-@pytest.mark.parametrize("variant,stages", [("baseline", 1), ("rdam", 1), ("sfe-1", 2), ("sfe-2", 3),
-                                            ("stages-3", 3), ("sfe-3", 4), ("stages-4", 4)])
+@pytest.mark.parametrize(
+    "variant,stages",
+    [("baseline", 1), ("rdam", 1), ("sfe-1", 2), ("sfe-2", 3), ("stages-3", 3), ("sfe-3", 4), ("stages-4", 4)],
+)
 def test_the_embedding_concatenates_one_feature_per_stage(variant, stages):
     model = scsn(variant).eval()
     assert len(model.stages) == stages and model.embedding_dim == stages * 128
@@ -137,7 +145,10 @@ def test_nmff_adds_one_fusion_per_low_stage_with_the_paper_channels():
     pair = market.fusion.pairs[0]
     assert (pair.query.in_channels, pair.key.in_channels) == (512, 64)  # stage 4 and stage 1 of resnet18
     assert (pair.key.out_channels, pair.value.out_channels) == (64, 512)
-    assert (scsn("nmff-14").fusion.pairs[0].value.out_channels, scsn("nmff-14").fusion.pairs[0].key.out_channels) == (128, 16)
+    assert (scsn("nmff-14").fusion.pairs[0].value.out_channels, scsn("nmff-14").fusion.pairs[0].key.out_channels) == (
+        128,
+        16,
+    )
 
 
 def test_nmff_starts_as_the_identity_then_mixes_in_the_low_level_stages():

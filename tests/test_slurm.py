@@ -16,13 +16,12 @@ from pathlib import Path
 
 import pytest
 import submitit
-from cluster_helpers import reidbench, tiny_spec, wait_for
 
 from harness import manifest
-from harness.cell import expected_rows
-from harness.jobs import statuses
 from harness.spec import load_spec
+from harness.status import cell_statuses, expected_rows
 from harness.store import Store
+from tests.helpers import cluster_spec, reidbench, wait_for
 
 
 def _cluster_up() -> str | None:
@@ -63,7 +62,7 @@ def _wait_done(spec: Path, store: Store, timeout: float = 400) -> None:
     cells = load_spec(spec).cells
 
     def finished():
-        current = statuses(cells, store)
+        current = cell_statuses(cells, store)
         failed = [s for s in current if s.state in ("failed", "cancelled", "rows missing")]
         assert not failed, [(s.cell.id, s.state, s.detail) for s in failed]
         return all(s.state == "done" for s in current)
@@ -81,7 +80,7 @@ def _log(store: Store, cell_id: str) -> str:
 
 def test_a_two_cell_grid_runs_as_one_array_of_ddp_jobs(work):
     root, store = work
-    spec = tiny_spec(root, seeds=(0, 1))
+    spec = cluster_spec(root, seeds=(0, 1))
     run = _submit(spec, root)
     assert re.search(r"submitted 2 cell\(s\) as job array \d+", run.stdout), run.stdout
     cells = load_spec(spec).cells
@@ -89,7 +88,7 @@ def test_a_two_cell_grid_runs_as_one_array_of_ddp_jobs(work):
     array = {r["array_job_id"] for r in records}
     assert len(array) == 1 and sorted(r["array_index"] for r in records) == [0, 1]
     # Non-blocking: the command returned while the cells are still queued or running.
-    assert all(s.state in ("pending", "running", "submitted") for s in statuses(cells, store))
+    assert all(s.state in ("pending", "running", "submitted") for s in cell_statuses(cells, store))
 
     _wait_done(spec, store)
     for cell, record in zip(cells, records):
@@ -110,36 +109,63 @@ def test_a_two_cell_grid_runs_as_one_array_of_ddp_jobs(work):
     again = _submit(spec, root)
     assert "Nothing to submit" in again.stdout
 
-    grown = tiny_spec(root, seeds=(0, 1, 2, 3), name=load_spec(spec).name)
-    plan = reidbench("run", grown, "--store", "store", "--executor", "slurm", "--dry-run", "--partition", "debug",
-                     "--sbatch=--exclusive", "--time", "30", cwd=root)
+    grown = cluster_spec(root, seeds=(0, 1, 2, 3), name=load_spec(spec).name)
+    plan = reidbench(
+        "run",
+        grown,
+        "--store",
+        "store",
+        "--executor",
+        "slurm",
+        "--dry-run",
+        "--partition",
+        "debug",
+        "--sbatch=--exclusive",
+        "--time",
+        "30",
+        cwd=root,
+    )
     assert plan.returncode == 0, plan.stderr
-    for line in ("2 cell(s) in 1 job array(s)", "#SBATCH --array=0-1%2", "#SBATCH --partition=debug", "#SBATCH --exclusive",
-                 "#SBATCH --ntasks-per-node=2", "#SBATCH --time=30", "Estimated training time for 2 of 2 cell(s)"):
+    for line in (
+        "2 cell(s) in 1 job array(s)",
+        "#SBATCH --array=0-1%2",
+        "#SBATCH --partition=debug",
+        "#SBATCH --exclusive",
+        "#SBATCH --ntasks-per-node=2",
+        "#SBATCH --time=30",
+        "GPU-hours (training only, 2 GPU(s) per cell)",
+        "rates: 2 cell(s) from the per-backbone prior shipped with reidbench",
+    ):
         assert line in plan.stdout, plan.stdout
     assert not (store.root / "manifest" / f"{load_spec(grown).cells[2].id}.json").exists()
 
 
 def test_resubmission_submits_only_cells_not_done_queued_or_running(work):
     root, store = work
-    first = tiny_spec(root, seeds=(0,), name="partial")
+    first = cluster_spec(root, seeds=(0,), name="partial")
     _submit(first, root)
     _wait_done(first, store)
     (done,) = load_spec(first).cells
     done_job = manifest.read(store, done.id)["job_id"]
 
-    grown = tiny_spec(root, seeds=(0, 1, 2), name="partial")  # the same grid, two more seeds
+    grown = cluster_spec(root, seeds=(0, 1, 2), name="partial")  # the same grid, two more seeds
     run = _submit(grown, root)
     assert "Submitted 2 of 3 cell(s)" in run.stdout, run.stdout
     assert manifest.read(store, done.id)["job_id"] == done_job
     queued = [c for c in load_spec(grown).cells if c.id != done.id]
     again = _submit(grown, root)  # the two new cells are still queued or running
     assert "2 cell(s) are still queued or running" in again.stdout and "Nothing to submit" in again.stdout, again.stdout
-    assert {manifest.read(store, c.id)["job_id"] for c in queued} == {manifest.read(store, c.id)["job_id"] for c in queued}
+    assert {manifest.read(store, c.id)["job_id"] for c in queued} == {
+        manifest.read(store, c.id)["job_id"] for c in queued
+    }
 
     cancel = reidbench("cancel", grown, "--store", "store", "--cells", queued[0].id, cwd=root)
     assert cancel.returncode == 0 and f"cancelled cell {queued[0].id}" in cancel.stdout, cancel.stdout + cancel.stderr
-    wait_for(lambda: statuses([queued[0]], store)[0].state == "cancelled", "the cancelled cell to show as cancelled", timeout=60)
+    wait_for(
+        lambda: cell_statuses([queued[0]], store)[0].state == "cancelled",
+        "the cancelled cell to show as cancelled",
+        timeout=60,
+    )
     assert _rows(store, queued[0].id) == []
 
 
@@ -173,7 +199,7 @@ def _check_resumed(spec: Path, store: Store) -> str:
 
 def test_a_preempted_cell_checkpoints_requeues_and_resumes(work):
     root, store = work
-    spec = tiny_spec(root, iterations=50, time=60)  # 60 minutes: submitit takes the signal for a preemption
+    spec = cluster_spec(root, iterations=50, time=60)  # 60 minutes: submitit takes the signal for a preemption
     _submit(spec, root)
     (cell,) = load_spec(spec).cells
     _interrupt_once_checkpointed(store, cell.id, timeout=False)
@@ -183,7 +209,7 @@ def test_a_preempted_cell_checkpoints_requeues_and_resumes(work):
 
 def test_a_cell_at_its_time_limit_checkpoints_requeues_and_resumes(work):
     root, store = work
-    spec = tiny_spec(root, iterations=50, time=5, max_requeues=1)  # short: submitit takes the signal for a time-out
+    spec = cluster_spec(root, iterations=50, time=5, max_requeues=1)  # short: submitit takes the signal for a time-out
     _submit(spec, root)
     (cell,) = load_spec(spec).cells
     _interrupt_once_checkpointed(store, cell.id, timeout=True)
@@ -193,22 +219,24 @@ def test_a_cell_at_its_time_limit_checkpoints_requeues_and_resumes(work):
 
 def test_a_cell_out_of_requeues_fails_with_the_time_limit_as_reason(work):
     root, store = work
-    spec = tiny_spec(root, iterations=50, time=5, max_requeues=0)
+    spec = cluster_spec(root, iterations=50, time=5, max_requeues=0)
     _submit(spec, root)
     (cell,) = load_spec(spec).cells
     _interrupt_once_checkpointed(store, cell.id, timeout=True)
-    wait_for(lambda: statuses([cell], store)[0].state == "failed", "the cell to fail", timeout=120)
-    assert manifest.read(store, cell.id)["reason"].startswith("time limit: Job not requeued because: timed-out too many times")
+    wait_for(lambda: cell_statuses([cell], store)[0].state == "failed", "the cell to fail", timeout=120)
+    assert manifest.read(store, cell.id)["reason"].startswith(
+        "time limit: Job not requeued because: timed-out too many times"
+    )
     assert _rows(store, cell.id) == []
-    wait_for(lambda: not statuses([cell], store)[0].active, "the job to end", timeout=120)
+    wait_for(lambda: not cell_statuses([cell], store)[0].active, "the job to end", timeout=120)
 
 
 def test_a_failing_cell_records_its_reason_and_writes_no_row(work):
     root, store = work
-    spec = tiny_spec(root, iterations=20, train_extra="lr = 1e30")
+    spec = cluster_spec(root, iterations=20, lr=1e30)
     _submit(spec, root)
     (cell,) = load_spec(spec).cells
-    wait_for(lambda: statuses([cell], store)[0].state == "failed", "the cell to fail", timeout=300, every=2)
+    wait_for(lambda: cell_statuses([cell], store)[0].state == "failed", "the cell to fail", timeout=300, every=2)
     assert manifest.read(store, cell.id)["reason"].startswith("NaN: loss became non-finite at step")
     assert _rows(store, cell.id) == []
     status = reidbench("status", spec, "--store", "store", cwd=root)
@@ -217,8 +245,43 @@ def test_a_failing_cell_records_its_reason_and_writes_no_row(work):
 
 def test_an_unknown_partition_is_refused_in_one_line_naming_the_setting(work):
     root, _ = work
-    spec = tiny_spec(root)
+    spec = cluster_spec(root)
     run = reidbench("run", spec, "--store", "store", "--executor", "slurm", "--partition", "nosuchpartition", cwd=root)
     assert run.returncode == 2
     assert run.stderr.strip().count("\n") == 0, run.stderr
     assert "invalid partition" in run.stderr.lower() and "--partition" in run.stderr, run.stderr
+
+
+def test_a_cell_across_two_nodes_runs_one_rank_per_node_and_its_rows_name_both(work):
+    """scripts/slurm-local.sh runs two slurmd on this machine (`<host>`, `<host>-2`); partition
+    `multinode` takes 2-node jobs. submitit's multi-node environment gives each task its rank and
+    the master address (the first node); the ranks meet over gloo on the loopback interface,
+    which the spec's [env] names, exported by the job script."""
+    root, store = work
+    spec = cluster_spec(root, iterations=20)
+    text = spec.read_text().replace('device = "cpu"', 'device = "cpu"\nnodes = 2\ncollective_timeout = 5')
+    spec.write_text(text.replace("[slurm]", '[env]\nGLOO_SOCKET_IFNAME = "lo"\n\n[slurm]\npartition = "multinode"'))
+    (cell,) = load_spec(spec).cells
+    plan = reidbench("run", spec, "--store", "store", "--executor", "slurm", "--dry-run", cwd=root)
+    assert "#SBATCH --nodes=2" in plan.stdout and "#SBATCH --ntasks-per-node=1" in plan.stdout, plan.stdout
+    assert "# setup: export GLOO_SOCKET_IFNAME=lo" in plan.stdout, plan.stdout
+    _submit(spec, root)
+    _wait_done(spec, store)
+    record = manifest.read(store, cell.id)
+    script = Path(record["folder"], f"{record['job_id'].partition('_')[0]}_submission.sh").read_text()
+    assert "export GLOO_SOCKET_IFNAME=lo" in script and "#SBATCH --nodes=2" in script
+    rows = _rows(store, cell.id)
+    assert sorted((r["test_dataset"], r["rerank"]) for r in rows) == sorted(expected_rows(cell))
+    nodes = sorted(
+        n.split()[0]
+        for n in subprocess.run(
+            ["sinfo", "-h", "-N", "-p", "multinode", "-o", "%N"], capture_output=True, text=True
+        ).stdout.splitlines()
+    )
+    assert len(nodes) == 2
+    for row in rows:
+        assert row["world_size"] == 2 and row["nodes"] == 2 and sorted(row["hosts"]) == nodes, row
+        assert row["executor"] == "slurm" and row["iterations"] == 20
+    assert manifest.read(store, cell.id)["state"] == "done" and store.read_state(cell.id)["state"] == "done"
+    log = _log(store, cell.id)
+    assert "world size 2" in log, log[-2000:]

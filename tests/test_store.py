@@ -14,12 +14,35 @@ from harness.store import PROFILE_SCHEMA, SCHEMA, Store
 def make_row(**overrides):
     row = {name: None for name in SCHEMA.names}
     row.update(
-        schema_version=1, grid="g", cell_id="abc123", method="baseline", variant="bnneck", backbone="resnet50",
-        train_dataset="market1501", test_dataset="market1501", synthetic=True, seed=0, rerank=False,
-        protocol="market", mAP=0.5, mINP=0.2, rank1=0.7, rank5=0.8, rank10=0.9, cmc=[0.7, 0.75],
-        num_query=10, num_gallery=100, num_valid_queries=10, iterations=5, train_seconds=1.0,
-        train_images_per_second=32.0, eval_seconds=0.5, world_size=2, executor="local",
-        started_at=datetime(2026, 1, 1, tzinfo=timezone.utc), finished_at=datetime(2026, 1, 1, 0, 5, tzinfo=timezone.utc),
+        schema_version=1,
+        grid="g",
+        cell_id="abc123",
+        method="baseline",
+        variant="bnneck",
+        backbone="resnet50",
+        train_dataset="market1501",
+        test_dataset="market1501",
+        synthetic=True,
+        seed=0,
+        rerank=False,
+        protocol="market",
+        mAP=0.5,
+        mINP=0.2,
+        rank1=0.7,
+        rank5=0.8,
+        rank10=0.9,
+        cmc=[0.7, 0.75],
+        num_query=10,
+        num_gallery=100,
+        num_valid_queries=10,
+        iterations=5,
+        train_seconds=1.0,
+        train_images_per_second=32.0,
+        eval_seconds=0.5,
+        world_size=2,
+        executor="local",
+        started_at=datetime(2026, 1, 1, tzinfo=timezone.utc),
+        finished_at=datetime(2026, 1, 1, 0, 5, tzinfo=timezone.utc),
         config="{}",
     )
     row.update(overrides)
@@ -100,10 +123,27 @@ def test_cell_state(tmp_path):
 def make_profile(**overrides):
     row = {name: None for name in PROFILE_SCHEMA.names}
     row.update(
-        schema_version=1, profile_id="p1", source="profile", method="baseline", variant="bnneck", backbone="resnet50",
-        input_height=256, input_width=128, batch_size=64, world_size=1, precision="fp32", options="{}",
-        train_steps=20, warmup_steps=5, train_images_per_second=100.0, train_images_per_second_per_device=100.0,
-        infer_images_per_second=400.0, gpu_note="no NVIDIA GPU", device="cpu", executor="local", config="{}",
+        schema_version=1,
+        profile_id="p1",
+        source="profile",
+        method="baseline",
+        variant="bnneck",
+        backbone="resnet50",
+        input_height=256,
+        input_width=128,
+        batch_size=64,
+        world_size=1,
+        precision="fp32",
+        options="{}",
+        train_steps=20,
+        warmup_steps=5,
+        train_images_per_second=100.0,
+        train_images_per_second_per_device=100.0,
+        infer_images_per_second=400.0,
+        gpu_note="no NVIDIA GPU",
+        device="cpu",
+        executor="local",
+        config="{}",
     )
     row.update(overrides)
     return row
@@ -118,7 +158,10 @@ def test_profile_rows_round_trip_apart_from_result_rows(tmp_path):
     assert path == tmp_path / "profiles" / "p1.parquet"
     contents = store.read()
     assert [r["cell_id"] for r in contents.rows] == ["abc123"]
-    assert [(p["profile_id"], p["train_images_per_second"]) for p in contents.profiles] == [("p1", 120.0), ("p2", 100.0)]
+    assert [(p["profile_id"], p["train_images_per_second"]) for p in contents.profiles] == [
+        ("p1", 120.0),
+        ("p2", 100.0),
+    ]
     assert contents.profiles[0]["sm_utilization"] is None and contents.problems == []
 
 
@@ -131,3 +174,14 @@ def test_profile_rows_are_checked_like_result_rows(tmp_path):
     pq.write_table(table, path)
     contents = store.read()
     assert contents.profiles == [] and str(path) in contents.problems[0]
+
+
+def test_rows_written_before_nodes_and_hosts_existed_read_them_as_null(tmp_path):
+    store = Store(tmp_path)
+    path = store.write_row(make_row(nodes=2, hosts=["node1", "node2"]))
+    assert store.read().rows[0]["hosts"] == ["node1", "node2"] and store.read().rows[0]["nodes"] == 2
+    old = pa.schema([f for f in SCHEMA if f.name not in ("nodes", "hosts")])
+    row = {k: v for k, v in make_row().items() if k in old.names}
+    pq.write_table(pa.Table.from_pylist([row], schema=old), path)  # as an older reidbench wrote it
+    (read,) = store.read().rows
+    assert read["nodes"] is None and read["hosts"] is None and read["mAP"] == 0.5

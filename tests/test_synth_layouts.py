@@ -9,14 +9,27 @@ import pytest
 from PIL import Image
 
 from harness import data
-from harness.data.cli import check_files
-from harness.data.cues import CUES
-from harness.data.synth_layouts import LAYOUTS, _Scene, write_layout
+from harness.data.cues import CUES, check_files
+from harness.data.synthetic.layouts import LAYOUTS, write_layout
+from harness.data.synthetic.render import Scene
 
-READS = {"market1501": ["market1501"], "dukemtmc": ["dukemtmc"], "cuhk01": ["cuhk01"], "msmt17": ["msmt17"],
-         "msmt17-v2": ["msmt17"], "occluded-reid": ["occluded-reid"], "folder": ["folder", "crowd-reid"],
-         "cuhk03": ["cuhk03-labeled", "cuhk03-detected", "cuhk03-labeled-classic", "cuhk03-detected-classic"],
-         "lip": []}  # human parsing, no re-ID dataset: tests/test_parsing.py reads it
+READS = {
+    "market1501": ["market1501"],
+    "dukemtmc": ["dukemtmc"],
+    "cuhk01": ["cuhk01"],
+    "msmt17": ["msmt17"],
+    "msmt17-v2": ["msmt17"],
+    "occluded-reid": ["occluded-reid"],
+    "folder": ["folder", "crowd-reid"],
+    "cuhk03": ["cuhk03-labeled", "cuhk03-detected", "cuhk03-labeled-classic", "cuhk03-detected-classic"],
+    "lip": [],
+    "3dpes": ["3dpes"],
+    "cuhk02": ["cuhk02"],
+    "prid": ["prid"],
+    "psdb": ["psdb"],
+    "shinpuhkan": ["shinpuhkan"],
+    "viper": ["viper"],
+}  # lip: human parsing, no re-ID dataset: tests/test_parsing.py reads it
 
 
 def digest(root: Path) -> str:
@@ -36,16 +49,20 @@ def test_synthetic_layout_parses_with_every_cue(tmp_path, layout):
     write_layout(layout, tmp_path, ids=8, seed=1)
     for name in READS[layout]:
         d = data.load_dataset(name, tmp_path)
+        if not data.has_test_split(name):  # SPReID's training-only sets (tests/test_spreid_sets.py)
+            assert d.train and not d.query and not d.gallery
+            assert check_files(d.train, tmp_path, CUES) == []
+            continue
         assert d.query and d.gallery and (d.train or name == "occluded-reid")
         if name != "msmt17":  # MSMT17 numbers its test persons from 0 again, as published
             assert not {s.pid for s in d.train} & {s.pid for s in d.query}
         query_ids, gallery_ids = {s.pid for s in d.query}, {s.pid for s in d.gallery}
         assert query_ids <= gallery_ids, "every query has its identity in the gallery"
-        assert check_files(d, tmp_path, CUES) == []
+        assert check_files(d.train + d.query + d.gallery, tmp_path, CUES) == []
 
 
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
-    for layout in ("cuhk03", "msmt17"):
+    for layout in ("cuhk03", "msmt17", "psdb"):
         a, b, c = (tmp_path / f"{layout}-{k}" for k in "abc")
         for root, seed in ((a, 4), (b, 4), (c, 5)):
             write_layout(layout, root, ids=6, seed=seed)
@@ -56,7 +73,7 @@ def test_occluded_reid_is_tiff_and_its_occluders_hide_the_person(tmp_path):
     write_layout("occluded-reid", tmp_path, ids=4, seed=0)
     d = data.load_dataset("occluded-reid", tmp_path)
     assert Image.open(d.query[0].path).format == "TIFF" and Image.open(d.gallery[0].path).format == "TIFF"
-    scene = _Scene(0, 2)
+    scene = Scene(0, 2)
     for pid in range(1, 30):  # the same shot with and without the occluder the occluded split always gets
         (hidden,), (whole,) = scene.shots(pid, 0, 1, occlusion=1.0, heavy=True), scene.shots(pid, 0, 1, occlusion=0.0)
         assert (hidden.mask <= whole.mask).all() and hidden.mask.sum() < whole.mask.sum()

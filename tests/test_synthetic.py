@@ -1,4 +1,5 @@
 """The synthetic Market-1501 must look like Market to loaders and be learnable, but not trivially."""
+
 from __future__ import annotations
 
 import hashlib
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.data.synthetic import write_market1501
+from harness.data.synthetic.market1501 import write_market1501
 
 NAME = re.compile(r"^(-1|\d{4})_c([1-6])s([1-6])_(\d{6})_(\d{2})\.jpg$")
 FOLDERS = ("bounding_box_train", "query", "bounding_box_test")

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from harness.engine.train import NonFiniteLoss, build_optimizer, build_scheduler, train
 from harness.spec import TrainConfig
-from harness.train import NonFiniteLoss, build_optimizer, build_scheduler, train
 
 
 class Tiny(nn.Module):
@@ -33,8 +33,15 @@ def batches(n, bad_at=None):
 def run(model, n, bad_at=None):
     config = TrainConfig(iterations=n, warmup=0, milestones=())
     optimizer = build_optimizer(model, config)
-    return train(model, model.losses, batches(n, bad_at), optimizer, build_scheduler(optimizer, config, 1),
-                 device=torch.device("cpu"), log=lambda m: None)
+    return train(
+        model,
+        model.losses,
+        batches(n, bad_at),
+        optimizer,
+        build_scheduler(optimizer, config, 1),
+        device=torch.device("cpu"),
+        log=lambda m: None,
+    )
 
 
 def test_trains_and_reports_figures():
@@ -46,8 +53,8 @@ def test_stops_at_the_first_non_finite_step_with_its_terms():
     model = Tiny()
     with pytest.raises(NonFiniteLoss) as info:
         run(model, 10, bad_at=3)
-    assert info.value.step == 3 and set(info.value.terms) == {"id", "double"}
-    assert "step 3" in str(info.value) and "id=" in str(info.value)
+    assert info.value.step == 4 and set(info.value.terms) == {"id", "double"}  # the 4th step, as the logs count
+    assert "step 4" in str(info.value) and "id=" in str(info.value)
     assert all(torch.isfinite(p).all() for p in model.parameters())  # the bad step never updated the weights
 
 

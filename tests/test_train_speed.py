@@ -7,8 +7,6 @@ from the same weights on the same batches; the losses must agree within the opti
 from __future__ import annotations
 
 import copy
-import os
-import socket
 
 import pytest
 import torch
@@ -16,8 +14,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from harness.engine.train import NonFiniteLoss, build_optimizer, build_scheduler, resolve_precision, train
 from harness.spec import TrainConfig
-from harness.train import NonFiniteLoss, build_optimizer, build_scheduler, resolve_precision, train
 from methods import create_model
 
 STEPS = 4
@@ -47,8 +45,17 @@ def losses_of(model: nn.Module, *, channels_last=False, compile=False, optimizer
         seen.append(float(sum(terms.values()).detach()))
         return terms
 
-    train(torch.compile(model) if compile else model, recorded, batches(), optimizer, build_scheduler(optimizer, config, 1),
-          device=torch.device("cpu"), channels_last=channels_last, log=lambda m: None, **options)
+    train(
+        torch.compile(model) if compile else model,
+        recorded,
+        batches(),
+        optimizer,
+        build_scheduler(optimizer, config, 1),
+        device=torch.device("cpu"),
+        channels_last=channels_last,
+        log=lambda m: None,
+        **options,
+    )
     return seen
 
 
@@ -69,8 +76,17 @@ def test_checking_every_few_steps_gives_the_same_losses(reference):
     model = baseline()
     config = TrainConfig(iterations=STEPS, warmup=0, milestones=(), lr=1e-3)
     optimizer = build_optimizer(model, config)
-    result = train(model, model.losses, batches(), optimizer, build_scheduler(optimizer, config, 1),
-                   device=torch.device("cpu"), check_every=3, log_every=100, log=lambda m: None)
+    result = train(
+        model,
+        model.losses,
+        batches(),
+        optimizer,
+        build_scheduler(optimizer, config, 1),
+        device=torch.device("cpu"),
+        check_every=3,
+        log_every=100,
+        log=lambda m: None,
+    )
     assert sum(result.losses.values()) == pytest.approx(reference[-1], rel=1e-5)
 
 
@@ -112,8 +128,16 @@ def test_warmup_steps_are_left_out_of_the_measured_throughput():
     model = baseline()
     config = TrainConfig(iterations=STEPS, warmup=0, milestones=())
     optimizer = build_optimizer(model, config)
-    result = train(model, model.losses, batches(), optimizer, build_scheduler(optimizer, config, 1),
-                   device=torch.device("cpu"), warmup_steps=1, log=lambda m: None)
+    result = train(
+        model,
+        model.losses,
+        batches(),
+        optimizer,
+        build_scheduler(optimizer, config, 1),
+        device=torch.device("cpu"),
+        warmup_steps=1,
+        log=lambda m: None,
+    )
     assert result.warmup_steps == 1 and result.measured_images == 3 * 8
     assert 0 < result.measured_seconds < result.seconds and result.measured_images_per_second > 0
 
@@ -143,19 +167,30 @@ def run_tiny(n, *, bad_at=None, check_every, rank=0, bad_rank=0, world_size=1):
     model = Tiny()
     config = TrainConfig(iterations=n, warmup=0, milestones=())
     optimizer = build_optimizer(model, config)
-    return train(model, model.losses, tiny_batches(n, bad_at, rank, bad_rank), optimizer, build_scheduler(optimizer, config, 1),
-                 device=torch.device("cpu"), world_size=world_size, check_every=check_every, log=lambda m: None)
+    return train(
+        model,
+        model.losses,
+        tiny_batches(n, bad_at, rank, bad_rank),
+        optimizer,
+        build_scheduler(optimizer, config, 1),
+        device=torch.device("cpu"),
+        world_size=world_size,
+        check_every=check_every,
+        log=lambda m: None,
+    )
 
 
 def test_a_late_check_still_names_the_first_non_finite_step():
     with pytest.raises(NonFiniteLoss) as info:
-        run_tiny(12, bad_at=5, check_every=4)  # checks after steps 3 and 7: the second finds step 5
-    assert info.value.step == 5 and "step 5" in str(info.value)
+        run_tiny(
+            12, bad_at=5, check_every=4
+        )  # batch 5 (0-based) is step 6, as the logs count; checks after steps 4 and 8
+    assert info.value.step == 6 and "step 6" in str(info.value)
 
 
-def _ddp_worker(rank: int, world_size: int, port: int, outcomes) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+def _ddp_worker(rank: int, world_size: int, rendezvous: str, outcomes) -> None:
+    # a file, not a TCP port: a port found free and then bound by the workers can be taken in between
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world_size)
     try:
         run_tiny(12, bad_at=5, check_every=4, rank=rank, bad_rank=1, world_size=world_size)
         outcomes.put((rank, None))
@@ -165,45 +200,38 @@ def _ddp_worker(rank: int, world_size: int, port: int, outcomes) -> None:
         dist.destroy_process_group()
 
 
-def test_every_rank_stops_at_the_step_where_one_rank_went_non_finite():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+def test_every_rank_stops_at_the_step_where_one_rank_went_non_finite(tmp_path):
     context = mp.get_context("spawn")
     outcomes = context.Queue()
-    processes = [context.Process(target=_ddp_worker, args=(rank, 2, port, outcomes)) for rank in range(2)]
+    rendezvous = str(tmp_path / "rendezvous")
+    processes = [context.Process(target=_ddp_worker, args=(rank, 2, rendezvous, outcomes)) for rank in range(2)]
     for process in processes:
         process.start()
     for process in processes:
         process.join(timeout=120)
-    assert sorted(outcomes.get(timeout=5) for _ in processes) == [(0, 5), (1, 5)]
+    assert sorted(outcomes.get(timeout=5) for _ in processes) == [(0, 6), (1, 6)]  # batch 5 is step 6
 
 
-SPEC = """
-[grid]
-methods = ["baseline"]
-backbones = ["resnet18"]
-train_datasets = ["market1501"]
-[train]
-iterations = 10
-"""
-
-
-def test_speed_keys_leave_the_cell_id_alone_and_are_checked(tmp_path):
+def test_speed_keys_leave_the_cell_id_alone_and_are_checked(tmp_path, make_spec):
     from harness.errors import UserError
     from harness.spec import load_spec
 
-    def cell(extra: str):
-        path = tmp_path / "spec.toml"
-        path.write_text(SPEC + extra)
-        (only,) = load_spec(path).cells
+    def cell(**train):
+        (only,) = load_spec(make_spec(file="spec", train=train)).cells
         return only
 
-    plain = cell("")
-    fast = cell('precision = "bf16"\nchannels_last = false\ncompile = true\ndata_on_device = true\ncheck_every = 50\n')
+    plain = cell()
+    fast = cell(precision="bf16", channels_last=False, compile=True, data_on_device=True, check_every=50)
     assert fast.id == plain.id and fast.train.precision == "bf16" and fast.train.data_on_device
-    assert (plain.train.precision, plain.train.channels_last, plain.train.compile, plain.train.check_every) == ("auto", True, False, 10)
-    with pytest.raises(UserError, match=r"line 8: unknown precision 'bf61'; did you mean 'bf16'"):
-        cell('precision = "bf61"\n')
+    assert (plain.train.precision, plain.train.channels_last, plain.train.compile, plain.train.check_every) == (
+        "auto",
+        True,
+        False,
+        10,
+    )
+    with pytest.raises(UserError) as bad:
+        cell(precision="bf61")
+    line = (tmp_path / "spec.toml").read_text().splitlines().index('precision = "bf61"') + 1
+    assert f"line {line}: unknown precision 'bf61'; did you mean 'bf16'" in str(bad.value)
     with pytest.raises(UserError, match="check_every must be at least 1"):
-        cell("check_every = 0\n")
+        cell(check_every=0)

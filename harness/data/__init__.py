@@ -3,23 +3,37 @@
 A dataset is three lists of samples, ``(path, pid, camid)``: train, query and gallery. Each
 registered name maps to a reader of its published folder layout, to a writer of a synthetic copy in
 the same layout (with exact cue maps), so that everything runs without the real data, and to the
-name of its evaluation protocol (see harness.evaluate).
+name of its evaluation protocol (see harness.eval.metrics).
 
 Registered names: market1501, dukemtmc, cuhk03-labeled, cuhk03-detected (767/700 protocol),
 cuhk03-labeled-classic, cuhk03-detected-classic (classic split 0 of 20), cuhk01 (485/486, split seed
 0), msmt17 (V1 or V2), occluded-reid (test only), folder (a generic query/gallery layout) and crowd-reid
-(GASM's Crowd-REID test set, in the folder layout).
+(GASM's Crowd-REID test set, in the folder layout); and six sets SPReID only trains on, read whole as
+a train split: 3dpes, cuhk02, prid (2011, single-shot), psdb (CUHK-SYSU, cropped to its training
+persons), shinpuhkan and viper (`has_test_split` is false for them).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.data import cuhk01, cuhk03, dukemtmc, folder, market1501, msmt17, occluded
-from harness.data.files import make_once
+from harness.data import (
+    cuhk01,
+    cuhk02,
+    cuhk03,
+    dukemtmc,
+    folder,
+    market1501,
+    msmt17,
+    occluded,
+    prid,
+    psdb,
+    shinpuhkan,
+    threedpes,
+    viper,
+)
 from harness.errors import UserError, closest
 
 
@@ -47,8 +61,9 @@ class ReidData:
 @dataclass(frozen=True)
 class _Layout:
     read: Callable[[Path], tuple[list, list, list]]
-    synthetic: str  # the layout name the synthetic writers know it by (harness.data.synth_layouts)
-    protocol: str  # how harness.evaluate scores it
+    synthetic: str  # the layout name the synthetic writers know it by (harness.data.synthetic.layouts)
+    protocol: str  # how harness.eval.metrics scores it
+    tests: bool = True  # False for a training-only set: its reader returns no query or gallery
 
 
 _LAYOUTS: dict[str, _Layout] = {
@@ -63,6 +78,13 @@ _LAYOUTS: dict[str, _Layout] = {
     "occluded-reid": _Layout(occluded.read, "occluded-reid", "occluded"),
     "folder": _Layout(folder.read, "folder", "market"),
     "crowd-reid": _Layout(folder.read, "folder", "market"),  # GASM's test set, converted to the folder layout
+    # Training-only sets of SPReID's 10-set union (the protocol is never used: they have no test split).
+    "3dpes": _Layout(threedpes.read, "3dpes", "market", tests=False),
+    "cuhk02": _Layout(cuhk02.read, "cuhk02", "market", tests=False),
+    "prid": _Layout(prid.read, "prid", "market", tests=False),
+    "psdb": _Layout(psdb.read, "psdb", "market", tests=False),
+    "shinpuhkan": _Layout(shinpuhkan.read, "shinpuhkan", "market", tests=False),
+    "viper": _Layout(viper.read, "viper", "market", tests=False),
 }
 
 
@@ -81,14 +103,14 @@ def protocol(name: str) -> str:
     return _layout(name).protocol
 
 
+def has_test_split(name: str) -> bool:
+    """Whether a registered dataset can be tested on (the training-only sets cannot)."""
+    return _layout(name).tests
+
+
 def synthetic_layout(name: str) -> str:
     """The synthetic writer that produces `name`'s layout (the CUHK03 names share one)."""
     return _layout(name).synthetic
-
-
-def cache_dir() -> Path:
-    """Where generated data lives: $REIDBENCH_CACHE, else ~/.cache/reidbench."""
-    return Path(os.environ.get("REIDBENCH_CACHE", Path.home() / ".cache" / "reidbench"))
 
 
 def load_dataset(name: str, root: str | Path) -> ReidData:
@@ -104,15 +126,3 @@ def _samples(items: list[tuple], root: Path) -> list[Sample]:
     for path, pid, camid, *key in items:
         out.append(Sample(str(path), int(pid), int(camid), key[0] if key else Path(path).relative_to(root).as_posix()))
     return out
-
-
-def synthetic_root(name: str, *, ids: int, seed: int) -> Path:
-    """The root of the synthetic copy of `name`, generated once into the cache.
-
-    It is written into a temporary folder and renamed into place, so concurrent runs never see
-    a half-written dataset: the first to finish wins and the others discard their copy.
-    """
-    from harness.data.synth_layouts import write_layout
-
-    root = cache_dir() / "synthetic" / f"{synthetic_layout(name)}-ids{ids}-seed{seed}"
-    return make_once(root, lambda scratch: write_layout(synthetic_layout(name), scratch, ids=ids, seed=seed))

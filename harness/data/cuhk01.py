@@ -29,8 +29,9 @@ def _parse(match: re.Match) -> tuple[int, int] | None:
 
 def read(root: Path, split_seed: int = 0) -> tuple[Items, Items, Items]:
     folder = require_dir(root / FOLDER, "CUHK01", f"the folder {FOLDER}")
-    items = parse_names(folder, _NAME, _parse, dataset="CUHK01", example="0001001.png (4-digit pid, image 001-004)",
-                        suffixes=(".png",))
+    items = parse_names(
+        folder, _NAME, _parse, dataset="CUHK01", example="0001001.png (4-digit pid, image 001-004)", suffixes=(".png",)
+    )
     pids = np.asarray(sorted({pid for _, pid, _ in items}))
     if len(pids) < 2:
         raise UserError(f"CUHK01 layout: {folder} holds images of {len(pids)} person(s); a split needs at least 2.")

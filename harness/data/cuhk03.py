@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from harness.data.files import Items, make_once
+from harness.data.files import Items, cache_dir, make_once
 from harness.errors import UserError
 
 RELEASE = "cuhk03_release"
@@ -51,16 +51,20 @@ def read_new(root: Path, kind: str) -> tuple[Items, Items, Items]:
     folder = extract(root, kind)
     path = next((p for p in (root / config_name(kind), root / RELEASE / config_name(kind)) if p.is_file()), None)
     if path is None:
-        raise UserError(f"CUHK03 767/700 protocol: {config_name(kind)} not found in {root} or {root / RELEASE}. "
-                        "It ships separately from the release (Zhong et al., re-ranking).")
+        raise UserError(
+            f"CUHK03 767/700 protocol: {config_name(kind)} not found in {root} or {root / RELEASE}. "
+            "It ships separately from the release (Zhong et al., re-ranking)."
+        )
     try:
         split = loadmat(path)
         files = [str(np.asarray(f).ravel()[0]) for f in split["filelist"].ravel()]
         labels, cams = split["labels"].ravel().astype(int), split["camId"].ravel().astype(int)
         index = {key: split[key].ravel().astype(int) - 1 for key in ("train_idx", "query_idx", "gallery_idx")}
     except (KeyError, ValueError, IndexError, OSError) as err:
-        raise UserError(f"CUHK03: {path} is not a 767/700 split file (needs filelist, labels, camId, "
-                        f"train_idx, query_idx, gallery_idx): {err}") from None
+        raise UserError(
+            f"CUHK03: {path} is not a 767/700 split file (needs filelist, labels, camId, "
+            f"train_idx, query_idx, gallery_idx): {err}"
+        ) from None
 
     def items(idx: np.ndarray) -> Items:
         if len(idx) and (idx.min() < 0 or idx.max() >= len(files)):
@@ -70,7 +74,9 @@ def read_new(root: Path, kind: str) -> tuple[Items, Items, Items]:
     out = tuple(items(index[key]) for key in ("train_idx", "query_idx", "gallery_idx"))
     missing = [str(p) for p, *_ in out[0] + out[1] + out[2] if not p.is_file()]
     if missing:
-        raise UserError(f"CUHK03: {len(missing)} file(s) named in {path} are not in the release's {kind} images, e.g. {missing[0]}.")
+        raise UserError(
+            f"CUHK03: {len(missing)} file(s) named in {path} are not in the release's {kind} images, e.g. {missing[0]}."
+        )
     return out
 
 
@@ -79,7 +85,9 @@ def read_classic(root: Path, kind: str, split: int = 0) -> tuple[Items, Items, I
     folder = extract(root, kind)
     testsets = _read_mat(root, lambda mat: [_deref(mat, ref).T.astype(int) for ref in mat["testsets"][()].ravel()])
     if not 0 <= split < len(testsets):
-        raise UserError(f"CUHK03 classic protocol: split {split} does not exist; the release has {len(testsets)} (0-{len(testsets) - 1}).")
+        raise UserError(
+            f"CUHK03 classic protocol: split {split} does not exist; the release has {len(testsets)} (0-{len(testsets) - 1})."
+        )
     test = {(int(pair), int(person)) for pair, person in testsets[split]}
     train, query, gallery = [], [], []
     for path in sorted(folder.glob("*.png")):
@@ -107,21 +115,23 @@ def _read_mat(root: Path, read):
         with h5py.File(path, "r") as mat:
             return read(mat)
     except (OSError, KeyError) as err:
-        raise UserError(f"CUHK03: cannot read {path} as a MATLAB v7.3 (HDF5) file with labeled, detected and testsets: {err}") from None
+        raise UserError(
+            f"CUHK03: cannot read {path} as a MATLAB v7.3 (HDF5) file with labeled, detected and testsets: {err}"
+        ) from None
 
 
 def extracted_dir(root: Path) -> Path:
     """Beside the data when the root is writable, else in the cache (keyed by the root's path)."""
     if os.access(root, os.W_OK):
         return root / "cuhk03-extracted"
-    from harness.data import cache_dir
-
     return cache_dir() / "cuhk03-extracted" / hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
 
 
 def extract(root: Path, kind: str) -> Path:
     """The folder of `kind`'s PNG images, extracted from the .mat on first use (atomically)."""
-    return make_once(extracted_dir(root) / kind, lambda scratch: _read_mat(root, lambda mat: _write_images(mat, kind, scratch)))
+    return make_once(
+        extracted_dir(root) / kind, lambda scratch: _read_mat(root, lambda mat: _write_images(mat, kind, scratch))
+    )
 
 
 def _write_images(mat, kind: str, out: Path) -> None:
@@ -132,4 +142,6 @@ def _write_images(mat, kind: str, out: Path) -> None:
                 pixels = _deref(mat, cells[person, column])
                 if pixels.ndim != 3:
                     continue  # an empty cell: this image does not exist
-                Image.fromarray(np.ascontiguousarray(pixels.T).astype(np.uint8)).save(out / image_name(pair, person, column))
+                Image.fromarray(np.ascontiguousarray(pixels.T).astype(np.uint8)).save(
+                    out / image_name(pair, person, column)
+                )

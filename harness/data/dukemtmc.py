@@ -24,7 +24,13 @@ def _parse(match: re.Match) -> tuple[int, int] | None:
 def read(root: Path) -> tuple[Items, Items, Items]:
     base = require_dir(root / FOLDER, "DukeMTMC-reID", f"the folder {FOLDER}")
     return tuple(
-        parse_names(require_dir(base / split, "DukeMTMC-reID", f"the split folder {split}"), _NAME, _parse,
-                    dataset="DukeMTMC-reID", example="0005_c2_f0046985.jpg (pid_cCAM_fFRAME, camera 1-8)", suffixes=(".jpg",))
+        parse_names(
+            require_dir(base / split, "DukeMTMC-reID", f"the split folder {split}"),
+            _NAME,
+            _parse,
+            dataset="DukeMTMC-reID",
+            example="0005_c2_f0046985.jpg (pid_cCAM_fFRAME, camera 1-8)",
+            suffixes=(".jpg",),
+        )
         for split in SPLITS
     )

@@ -22,8 +22,28 @@ from harness.errors import UserError
 
 IMAGES, ANNOTATIONS = "TrainVal_images", "TrainVal_parsing_annotations"
 SPLITS = ("train", "val")
-LABELS = ("background", "hat", "hair", "glove", "sunglasses", "upper-clothes", "dress", "coat", "socks", "pants",
-          "jumpsuits", "scarf", "skirt", "face", "left-arm", "right-arm", "left-leg", "right-leg", "left-shoe", "right-shoe")
+LABELS = (
+    "background",
+    "hat",
+    "hair",
+    "glove",
+    "sunglasses",
+    "upper-clothes",
+    "dress",
+    "coat",
+    "socks",
+    "pants",
+    "jumpsuits",
+    "scarf",
+    "skirt",
+    "face",
+    "left-arm",
+    "right-arm",
+    "left-leg",
+    "right-leg",
+    "left-shoe",
+    "right-shoe",
+)
 FLIP = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 15, 14, 17, 16, 19, 18)  # label after a horizontal flip
 IGNORE = 255  # a label that scores nothing (padding); LIP's own maps hold 0-19 only
 
@@ -41,8 +61,10 @@ def read(root: Path | str, split: str) -> list[tuple[Path, Path]]:
     images, labels = _folder(root, IMAGES) / f"{split}_images", _folder(root, ANNOTATIONS) / f"{split}_segmentations"
     for folder in (images, labels):
         if not folder.is_dir():
-            raise UserError(f"LIP not found: expected the folder {folder} under the root {root} (the layout is in "
-                            f"harness/data/lip.py). Point --root at the folder that holds {IMAGES}/ and {ANNOTATIONS}/.")
+            raise UserError(
+                f"LIP not found: expected the folder {folder} under the root {root} (the layout is in "
+                f"harness/data/lip.py). Point --root at the folder that holds {IMAGES}/ and {ANNOTATIONS}/."
+            )
     id_file = images.parent / f"{split}_id.txt"
     if id_file.is_file():
         ids = [line.strip() for line in id_file.read_text().splitlines() if line.strip()]
@@ -51,8 +73,10 @@ def read(root: Path | str, split: str) -> list[tuple[Path, Path]]:
     pairs = [(images / f"{i}.jpg", labels / f"{i}.png") for i in ids]
     missing = [str(p) for pair in pairs for p in pair if not p.is_file()]
     if missing:
-        raise UserError(f"LIP {split}: {len(missing)} listed file(s) are missing, e.g. {missing[0]}"
-                        + (f" (ids from {id_file})." if id_file.is_file() else "."))
+        raise UserError(
+            f"LIP {split}: {len(missing)} listed file(s) are missing, e.g. {missing[0]}"
+            + (f" (ids from {id_file})." if id_file.is_file() else ".")
+        )
     if not pairs:
         raise UserError(f"LIP {split}: no images in {images}.")
     return pairs

@@ -29,7 +29,9 @@ def read(root: Path) -> tuple[Items, Items, Items]:
         )
     missing = [split for split in SPLITS if not (base / split).is_dir()]
     if missing:
-        raise UserError(f"Market-1501 layout: missing folder(s) {', '.join(missing)} in {base} (expected {', '.join(SPLITS)}).")
+        raise UserError(
+            f"Market-1501 layout: missing folder(s) {', '.join(missing)} in {base} (expected {', '.join(SPLITS)})."
+        )
     train, query, gallery = (_read_split(base / split) for split in SPLITS)
     train = [item for item in train if item[1] > 0]
     query = [item for item in query if item[1] > 0]

@@ -30,7 +30,8 @@ def read(root: Path) -> tuple[Items, Items, Items]:
     if missing:
         raise UserError(f"MSMT17 layout: missing list file(s) {', '.join(missing)} in {base}.")
     train, val, query, gallery = (
-        _read_list(base / name, base / folder) for name, folder in zip(LISTS, (train_dir, train_dir, test_dir, test_dir))
+        _read_list(base / name, base / folder)
+        for name, folder in zip(LISTS, (train_dir, train_dir, test_dir, test_dir))
     )
     return train + val, query, gallery
 
@@ -45,8 +46,10 @@ def _read_list(list_file: Path, folder: Path) -> Items:
             rel, pid = fields[0], int(fields[1])
             cam = int(Path(rel).name.split("_")[2])
         except (IndexError, ValueError):
-            raise UserError(f"MSMT17 layout: {list_file}, line {number}: expected '<pid>/<pid>_<seq>_<cam>_<...>.jpg <pid>', "
-                            f"got {line.strip()!r}.") from None
+            raise UserError(
+                f"MSMT17 layout: {list_file}, line {number}: expected '<pid>/<pid>_<seq>_<cam>_<...>.jpg <pid>', "
+                f"got {line.strip()!r}."
+            ) from None
         if not 1 <= cam <= 15:
             raise UserError(f"MSMT17 layout: {list_file}, line {number}: camera {cam} is outside 1-15.")
         items.append((folder / rel, pid, cam - 1))

@@ -10,7 +10,7 @@ from the start, so the weights carry across the phase boundary unchanged.
 
 Every sample keeps its own path and its dataset's root (`Sample.root`), so images and cue maps load
 from the member they came from. A union has no test split of its own: by default its cells are
-tested on its members (harness/spec.py).
+tested on its members (harness/spec/parse.py).
 """
 
 from __future__ import annotations
@@ -45,8 +45,10 @@ def load_training(train_dataset: str, finetune_dataset: str | None, root_of: Cal
     labels: dict[tuple[str, int], int] = {}
     for name in (*names, *extra):
         if not loaded[name].train:
-            raise UserError(f"dataset {name} ({roots[name]}) has no training images, so a cell cannot train on it; "
-                            "use it in [grid] test_datasets only.")
+            raise UserError(
+                f"dataset {name} ({roots[name]}) has no training images, so a cell cannot train on it; "
+                "use it in [grid] test_datasets only."
+            )
         for pid in sorted({s.pid for s in loaded[name].train}):
             labels[name, pid] = len(labels)
 

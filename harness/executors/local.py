@@ -6,28 +6,34 @@ WORLD_SIZE, MASTER_ADDR, ...) as under torchrun on a cluster node.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import os
 import socket
 import uuid
-from collections.abc import Sequence
-from dataclasses import asdict
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-from harness import provenance
-from harness.cell import run_cell
+from harness import lease, provenance
+from harness.engine.cell import run_cell
 from harness.errors import UserError
-from harness.executors import Outcome
-from harness.spec import Cell, Resources
+from harness.executors.base import Outcome
+from harness.spec import Cell, RayConfig, Resources, SlurmConfig
 from harness.store import Store
 
 
-def run_local(cells: Sequence[Cell], resources: Resources, store: Store) -> list[Outcome]:
+def run_local(
+    cells: Sequence[Cell],
+    resources: Resources,
+    store: Store,
+    *,
+    slurm: SlurmConfig | None = None,
+    ray: RayConfig | None = None,
+) -> list[Outcome]:
     """Run the cells one after the other, each as `resources.world_size` processes."""
     wants_cuda = resources.device == "cuda" or (resources.device == "auto" and torch.cuda.is_available())
     if wants_cuda and resources.world_size > torch.cuda.device_count():
@@ -45,10 +51,19 @@ def run_local(cells: Sequence[Cell], resources: Resources, store: Store) -> list
 
 def _run_one(cell: Cell, resources: Resources, store: Store) -> Outcome:
     attempt = uuid.uuid4().hex[:12]
+    held = _held(store, cell.id, attempt)
+    if held:  # another live run trains it: leave it, and its state, alone
+        return Outcome(cell.id, True, held, skipped=True)
     log_dir = store.cell_dir(cell.id) / "logs"
     store.write_state(
-        cell.id, "running", attempt=attempt, executor="local", started_at=provenance.now(),
-        log_dir=str(log_dir), hostname=socket.gethostname(), pid=os.getpid(),
+        cell.id,
+        "running",
+        attempt=attempt,
+        executor="local",
+        started_at=provenance.now(),
+        log_dir=str(log_dir),
+        hostname=socket.gethostname(),
+        pid=os.getpid(),
     )
     config = LaunchConfig(
         min_nodes=1,
@@ -61,12 +76,39 @@ def _run_one(cell: Cell, resources: Resources, store: Store) -> Outcome:
         start_method="spawn",
         logs_specs=DefaultLogsSpecs(log_dir=str(log_dir), redirects=Std.ALL, tee={0: Std.ALL}),
     )
-    args = (cell.to_json(), json.dumps(asdict(resources)), str(store.root), "local", attempt)
+    args = (cell, resources, str(store.root), "local", attempt)
     try:
-        elastic_launch(config, run_cell)(*args)
+        with _environment(dict(resources.env)):  # the spawned ranks inherit it
+            elastic_launch(config, run_cell)(*args)
     except ChildFailedError as err:
+        held = _held(store, cell.id, attempt)
+        if held:  # taken by another run between the check above and the workers' claim
+            return Outcome(cell.id, True, held, skipped=True)
         return Outcome(cell.id, False, _record_launch_failure(store, cell.id, attempt, err, log_dir))
     return Outcome(cell.id, True)
+
+
+@contextlib.contextmanager
+def _environment(variables: dict[str, str]) -> Iterator[None]:
+    """The spec's [env] set for the launch only; this process's environment is restored after."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _held(store: Store, cell_id: str, attempt: str) -> str | None:
+    """Who else holds the cell's lease while alive, in words; None when nobody does."""
+    holder = lease.read(store.cell_dir(cell_id))
+    if holder is None or holder.stale() or holder.run_id == attempt:
+        return None
+    return f"held by {holder.describe()}"
 
 
 def _record_launch_failure(store: Store, cell_id: str, attempt: str, err: ChildFailedError, log_dir) -> str:
@@ -75,8 +117,10 @@ def _record_launch_failure(store: Store, cell_id: str, attempt: str, err: ChildF
     state = store.read_state(cell_id) or {}
     recorded = state.get("reason") if state.get("state") == "failed" and state.get("attempt") == attempt else None
     # SIGTERM is what the launcher sends to the survivors; any other signal came first.
-    killed = sorted(((rank, f) for rank, f in err.failures.items() if f.exitcode < 0), key=lambda rf: (rf[1].exitcode == -15, rf[0]))
-    if recorded and not killed:
+    killed = sorted(
+        ((rank, f) for rank, f in err.failures.items() if f.exitcode < 0), key=lambda rf: (rf[1].exitcode == -15, rf[0])
+    )
+    if recorded and all(f.exitcode == -15 for _, f in killed):  # the launcher stopped the survivors
         return recorded
     if killed:
         rank, failure = killed[0]
@@ -86,7 +130,12 @@ def _record_launch_failure(store: Store, cell_id: str, attempt: str, err: ChildF
         rank, failure = err.get_first_failure()
         reason = f"rank {rank} exited with code {failure.exitcode}"
     store.write_state(
-        cell_id, "failed", reason=reason, attempt=attempt, failed_at=provenance.now(),
-        log_dir=str(log_dir), traceback=state.get("traceback"),
+        cell_id,
+        "failed",
+        reason=reason,
+        attempt=attempt,
+        failed_at=provenance.now(),
+        log_dir=str(log_dir),
+        traceback=state.get("traceback"),
     )
     return reason

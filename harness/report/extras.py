@@ -11,9 +11,21 @@ from typing import Any
 
 from harness.report.tables import Measure, dataset_label, dataset_order, measure
 
-_THROUGHPUT_HEADERS = ("method", "backbone", "device", "world size", "precision", "batch",
-                       "train img/s", "train img/s per device", "infer img/s", "peak memory (GiB)",
-                       "SM util. (%)", "power (W)", "source")
+_THROUGHPUT_HEADERS = (
+    "method",
+    "backbone",
+    "device",
+    "world size",
+    "precision",
+    "batch",
+    "train img/s",
+    "train img/s per device",
+    "infer img/s",
+    "peak memory (GiB)",
+    "SM util. (%)",
+    "power (W)",
+    "source",
+)
 
 
 @dataclass(frozen=True)
@@ -38,8 +50,17 @@ def _num(value: float | None, fmt: str = ".1f") -> str:
 
 
 def _profile_key(p: dict[str, Any]) -> tuple:
-    return (p["method"] or "", p["variant"] or "", p["backbone"] or "", device_label(p), p["world_size"] or 0,
-            p["precision"] or "", p["batch_size"] or 0, p["source"] or "", p["profile_id"] or "")
+    return (
+        p["method"] or "",
+        p["variant"] or "",
+        p["backbone"] or "",
+        device_label(p),
+        p["world_size"] or 0,
+        p["precision"] or "",
+        p["batch_size"] or 0,
+        p["source"] or "",
+        p["profile_id"] or "",
+    )
 
 
 def throughput_table(profiles: Iterable[dict[str, Any]]) -> SimpleTable:
@@ -47,15 +68,28 @@ def throughput_table(profiles: Iterable[dict[str, Any]]) -> SimpleTable:
     rows = []
     for p in sorted(profiles, key=_profile_key):
         memory = None if p["peak_memory_bytes"] is None else p["peak_memory_bytes"] / 2**30
-        rows.append((
-            f"{p['method']}:{p['variant']}", p["backbone"], device_label(p), str(p["world_size"]), p["precision"] or "",
-            str(p["batch_size"]), _num(p["train_images_per_second"]), _num(p["train_images_per_second_per_device"]),
-            _num(p["infer_images_per_second"]), _num(memory, ".2f"), _num(p["sm_utilization"]),
-            _num(p["power_watts"]), p["source"] or "",
-        ))
-    caption = ["Images per second with warm-up excluded; training over all devices and per device. "
-               "Peak memory is torch's peak allocation (max over ranks); SM utilisation and power are NVML means "
-               "over the measured steps. CPU runs have no GPU figures."]
+        rows.append(
+            (
+                f"{p['method']}:{p['variant']}",
+                p["backbone"],
+                device_label(p),
+                str(p["world_size"]),
+                p["precision"] or "",
+                str(p["batch_size"]),
+                _num(p["train_images_per_second"]),
+                _num(p["train_images_per_second_per_device"]),
+                _num(p["infer_images_per_second"]),
+                _num(memory, ".2f"),
+                _num(p["sm_utilization"]),
+                _num(p["power_watts"]),
+                p["source"] or "",
+            )
+        )
+    caption = [
+        "Images per second with warm-up excluded; training over all devices and per device. "
+        "Peak memory is torch's peak allocation (max over ranks); SM utilisation and power are NVML means "
+        "over the measured steps. CPU runs have no GPU figures."
+    ]
     if not rows:
         caption.append("The store holds no profile rows yet (profiling runs and training cells write them).")
     return SimpleTable("GPU throughput per method and backbone", tuple(caption), _THROUGHPUT_HEADERS, tuple(rows))
@@ -72,7 +106,9 @@ def cell_text(m: Measure | None, decimals: int = 1) -> str:
 
 def cross_domain_tables(rows: Iterable[dict[str, Any]]) -> list[SimpleTable]:
     """For every (method, variant, backbone): rank-1 / mAP for each training × test set, not re-ranked."""
-    grouped: dict[tuple[str, str, str], dict[tuple[str, str], list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    grouped: dict[tuple[str, str, str], dict[tuple[str, str], list[dict[str, Any]]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
     for r in rows:
         if not r["rerank"]:
             grouped[r["method"], r["variant"], r["backbone"]][r["train_dataset"], r["test_dataset"]].append(r)
@@ -90,12 +126,20 @@ def cross_domain_tables(rows: Iterable[dict[str, Any]]) -> list[SimpleTable]:
                 synthetic |= bool(r1 and r1.synthetic)
                 line.append("" if r1 is None else f"{cell_text(r1)} / {cell_text(ap)}")
             body.append(tuple(line))
-        caption = ["Rank-1 / mAP (%) of models trained on the row's dataset and tested on the column's, "
-                   "mean ± std over seeds (n) where there are several; no re-ranking."]
+        caption = [
+            "Rank-1 / mAP (%) of models trained on the row's dataset and tested on the column's, "
+            "mean ± std over seeds (n) where there are several; no re-ranking."
+        ]
         if synthetic:
             caption.append("'syn' marks numbers measured on SYNTHETIC data, not on the real dataset.")
-        tables.append(SimpleTable(f"{method}:{variant} on {backbone}: train × test", tuple(caption),
-                                  ("train \\ test", *(dataset_label(t) for t in tests)), tuple(body)))
+        tables.append(
+            SimpleTable(
+                f"{method}:{variant} on {backbone}: train × test",
+                tuple(caption),
+                ("train \\ test", *(dataset_label(t) for t in tests)),
+                tuple(body),
+            )
+        )
     return tables
 
 

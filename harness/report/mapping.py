@@ -1,19 +1,20 @@
-"""Where each published number lives in the store: the one place that names methods, variants,
-backbones, datasets and protocols as reidbench writes them.
+"""Which store identity measures a published number, and which store rows a cell is looked up by.
 
-A reference row (a printed method name, its variant text and backbone, the datasets and the
-protocol as the CSV spells them) becomes the store's identity columns. Rows of methods that
-reidbench does not run (competitors) map to nothing and show the published value alone.
-
-Naming, in short:
+A reference row names its measuring cell in the CSV's `store_*` columns; rows of methods that
+reidbench does not run (competitors) leave them empty and show the published value alone. How
+those columns are spelled:
 
 * methods: ``baseline`` (variant ``bnneck``), ``ssp-reid``, ``spreid``, ``dsa-reid``, ``scsn``, ``gasm``;
   each paper's ablation rows are variants of its method, named after the printed row (kebab-case);
-  SSP-ReID's "backbone only" rows are the plain ``baseline:bnneck`` on that backbone;
-* backbones: timm/torchvision-style lower case (``resnet50``, ``inception_v3``, ...); SPReID's
-  starred rows concatenate two models' features and are named ``inception_v3+resnet152``;
-* datasets: CUHK03 is ``cuhk03-labeled`` or ``cuhk03-detected`` after its boxes; GASM's
-  occlusion sets are ``crowd-reid`` and ``occluded-reid`` (test only);
+  SSP-ReID's "backbone only" rows are ``ssp-reid:backbone``, the bare backbone with a classifier
+  and Table 1's loss, as the authors trained their baselines (methods/ssp_reid.py);
+* backbones: timm/torchvision-style lower case (``resnet50``, ``inception_v3``, ...); a row that
+  combines models at test time (a spec's ``[[combine]]``) is named after its parts' backbones joined
+  by ``+``: SPReID's "combined" is ``inception_v3+inception_v3`` (w/fg and w/o fg), Table 6's "*"
+  rows add ResNet-152 ft (``inception_v3+resnet152``, ``inception_v3+inception_v3+resnet152``);
+* datasets: CUHK03 is ``cuhk03-labeled`` or ``cuhk03-detected`` after its boxes (SPReID's classic
+  protocol: ``cuhk03-labeled-classic``); GASM's occlusion sets are ``crowd-reid`` and
+  ``occluded-reid`` (test only); a training set follows its test set's boxes;
 * protocols: ``market`` (Market-1501's rules, also used for DukeMTMC, MSMT17, CUHK03 767/700 and
   Crowd-REID), ``cuhk03-classic`` (SPReID's CUHK03 protocol of its ref. [24]), ``cuhk01``, ``occluded``.
 """
@@ -21,116 +22,7 @@ Naming, in short:
 from __future__ import annotations
 
 import json
-
 from dataclasses import dataclass
-
-# (paper, printed method, printed variant) -> (store method, store variant).
-_SSP = {
-    "backbone only": ("baseline", "bnneck"),
-    "S-ReID (saliency subnet)": ("ssp-reid", "s-reid"),
-    "SP-ReID (semantic-parsing subnet)": ("ssp-reid", "sp-reid"),
-    "SSP-ReID (full framework: S-ReID + SP-ReID)": ("ssp-reid", "ssp"),
-}
-
-METHODS: dict[tuple[str, str, str], tuple[str, str]] = {
-    # SSP-ReID: the variant text decides; the printed name only repeats the backbone.
-    **{("ssp-reid", "*", variant): ids for variant, ids in _SSP.items()},
-    # SPReID: Model-S/M/L are the Inception-V3 baseline at three input sizes, -ft fine-tuned larger.
-    ("spreid", "Model-S", "input 246x82"): ("spreid", "model-s"),
-    ("spreid", "Model-M", "input 375x125"): ("spreid", "model-m"),
-    ("spreid", "Model-L", "input 492x164"): ("spreid", "model-l"),
-    ("spreid", "Model-L ft", "ft, input 748x246"): ("spreid", "model-l-ft"),
-    ("spreid", "Inception-V3", ""): ("spreid", "model-l"),
-    ("spreid", "ResNet-50", ""): ("spreid", "model-l"),
-    ("spreid", "ResNet-152", ""): ("spreid", "model-l"),
-    ("spreid", "Inception-V3 ft", "ft"): ("spreid", "model-l-ft"),
-    ("spreid", "ResNet-50 ft", "ft"): ("spreid", "model-l-ft"),
-    ("spreid", "ResNet-152 ft", "ft"): ("spreid", "model-l-ft"),
-    ("spreid", "Inception-V3", "baseline (global average pooling)"): ("spreid", "model-l"),
-    ("spreid", "SPReID wf/g", "with foreground (w/fg)"): ("spreid", "wfg"),
-    ("spreid", "SPReID wof/g", "without foreground (w/o fg)"): ("spreid", "wofg"),
-    ("spreid", "SPReID combined", "combined: l2-normalization+concatenation of w/fg and w/o fg"): ("spreid", "combined"),
-    ("spreid", "SPReID wf/g", "w/fg, weight sharing N"): ("spreid", "wfg"),
-    ("spreid", "SPReID wf/g", "w/fg, weight sharing Y"): ("spreid", "wfg-shared"),
-    ("spreid", "SPReID wf/g-ft", "w/fg, ft, weight sharing N"): ("spreid", "wfg-ft"),
-    ("spreid", "SPReID wf/g-ft", "w/fg, ft, weight sharing Y"): ("spreid", "wfg-ft-shared"),
-    ("spreid", "Inception-V3 ft", "ft, baseline"): ("spreid", "model-l-ft"),
-    ("spreid", "Inception-V3 ft*", "ft, baseline"): ("spreid", "model-l-ft"),
-    ("spreid", "SPReID combined-ft", "ft, combined w/fg+w/o fg"): ("spreid", "combined-ft"),
-    ("spreid", "SPReID combined-ft*", "ft, combined w/fg+w/o fg"): ("spreid", "combined-ft"),
-    # DSA-reID: the final scheme (inference on the MF-Stream only) is variant "full".
-    ("dsa-reid", "DSA-reID", ""): ("dsa-reid", "full"),
-    ("dsa-reid", "DSA-reID", "pretrained on CUHK03"): ("dsa-reid", "full-cuhk03-pretrained"),
-    ("dsa-reid", "Baseline", "ResNet-50 baseline"): ("dsa-reid", "baseline"),
-    ("dsa-reid", "Baseline (RE)", "baseline + random erasing"): ("dsa-reid", "baseline-re"),
-    ("dsa-reid", "Baseline (RE+LS)", "baseline + random erasing + label smoothing"): ("dsa-reid", "baseline-re-ls"),
-    ("dsa-reid", "Baseline (RE+LS)", ""): ("dsa-reid", "baseline-re-ls"),
-    ("dsa-reid", "Baseline (Two branches)", "MF-Stream only, two-branch head, on Baseline(RE+LS)"): ("dsa-reid", "two-branches"),
-    ("dsa-reid", "DSA-Global(Single)", "only global branch in both streams (train+inference)"): ("dsa-reid", "global-single"),
-    ("dsa-reid", "DSA-Local(Single)", "only local branch in both streams (train+inference)"): ("dsa-reid", "local-single"),
-    ("dsa-reid", "DSA-Global(Joint)", "joint training, inference on zG"): ("dsa-reid", "global-joint"),
-    ("dsa-reid", "DSA-Local(Joint)", "joint training, inference on zL"): ("dsa-reid", "local-joint"),
-    ("dsa-reid", "DSA(Two streams fused)", "inference on fused zG, zL"): ("dsa-reid", "two-streams-fused"),
-    ("dsa-reid", "DSA-reID(Only MF-Stream)", "final scheme, inference on fG, fL (DSAG-Stream discarded)"): ("dsa-reid", "full"),
-    ("dsa-reid", "CSA(Only MF-Stream)", "coarse alignment: 24 cropped part images instead of DSAP-images"): ("dsa-reid", "csa"),
-    ("dsa-reid", "DSA(Only MF-Stream)", "dense alignment (DSAP-images)"): ("dsa-reid", "full"),
-    ("dsa-reid", "Concatenation+fc", "two-stream fusion by concatenation + FC"): ("dsa-reid", "concat-fc"),
-    ("dsa-reid", "Elem-add", "two-stream fusion by element-wise add (used in DSA-reID)"): ("dsa-reid", "full"),
-    # SCSN: "SCSN(4 stages)" is the full network (B&A + SFE*3 + NMFF over stages 1-4).
-    ("scsn", "SCSN(4 stages)", ""): ("scsn", "stages-4"),
-    ("scsn", "SCSN(3 stages)", ""): ("scsn", "stages-3"),
-    ("scsn", "Baseline", "ResNet50 + global branch, ID + triplet loss"): ("scsn", "baseline"),
-    ("scsn", "Baseline + CAM", "channel-wise attention module"): ("scsn", "cam"),
-    ("scsn", "Baseline + SAM(without residual)", "spatial attention without residual update"): ("scsn", "sam"),
-    ("scsn", "Baseline + RSAM", "residual spatial attention module"): ("scsn", "rsam"),
-    ("scsn", "Baseline + CAM+SAM", "CAM + SAM"): ("scsn", "cam-sam"),
-    ("scsn", "Baseline + RDAM(CAM+RSAM)", "residual dual attention module"): ("scsn", "rdam"),
-    ("scsn", "B&A + SFE*1", "backbone+RDAM (B&A) + 1 extra SFE stage"): ("scsn", "sfe-1"),
-    ("scsn", "B&A + SFE*2", "B&A + 2 extra SFE stages"): ("scsn", "sfe-2"),
-    ("scsn", "B&A + SFE*3", "B&A + 3 extra SFE stages"): ("scsn", "sfe-3"),
-    ("scsn", "SCSN(B&A+SFE*2+NMFF)", "= SCSN(3 stages) in Table 2"): ("scsn", "stages-3"),
-    ("scsn", "SCSN(B&A+SFE*3+NMFF)", "= SCSN(4 stages) in Table 2"): ("scsn", "stages-4"),
-    ("scsn", "B", "B = no feature fusion"): ("scsn", "no-fusion"),
-    ("scsn", "B+N(14)", "NMFF fusing ResNet50 stages 14"): ("scsn", "nmff-14"),
-    ("scsn", "B+N(24)", "NMFF fusing ResNet50 stages 24"): ("scsn", "nmff-24"),
-    ("scsn", "B+N(34)", "NMFF fusing ResNet50 stages 34"): ("scsn", "nmff-34"),
-    ("scsn", "B+N(24,34)", "NMFF fusing ResNet50 stages 24,34"): ("scsn", "nmff-24-34"),
-    ("scsn", "B+N(14,24,34)", "NMFF fusing ResNet50 stages 14,24,34"): ("scsn", "nmff-14-24-34"),
-    # GASM: its baseline is FCN + average pooling; "+pose, +mask" is GASM itself.
-    ("gasm", "Baseline", "ResNet-50 baseline (FCN + average pooling)"): ("gasm", "baseline"),
-    ("gasm", "Baseline", "ResNet-50 + triplet + softmax CE, global feature matching"): ("gasm", "baseline"),
-    ("gasm", "Baseline", ""): ("gasm", "baseline"),
-    ("gasm", "Baseline", "FCN + average pooling"): ("gasm", "baseline"),
-    ("gasm", "GASM", "FCN + pose layer + mask layer, guided adaptive spatial matching"): ("gasm", "full"),
-    ("gasm", "GASM", ""): ("gasm", "full"),
-    ("gasm", "+mask", "FCN + mask layer"): ("gasm", "mask"),
-    ("gasm", "+pose", "FCN + pose layer"): ("gasm", "pose"),
-    ("gasm", "+pose, +mask", "FCN + pose layer + mask layer (GASM)"): ("gasm", "full"),
-}
-
-BACKBONES = {
-    "ResNet50": "resnet50", "ResNet-50": "resnet50", "ResNet-152": "resnet152", "ResNet50-M": "resnet50m",
-    "DenseNet121": "densenet121", "Inception-V3": "inception_v3", "Inception-V4": "inception_v4",
-    "Xception": "xception", "Inception-V3 + ResNet-152": "inception_v3+resnet152",
-}
-
-# The CSV's (dataset, protocol) -> (store dataset, store protocol); `None` for "every paper".
-_DATASETS: dict[tuple[str, str, str | None], tuple[str, str]] = {
-    ("market1501", "", None): ("market1501", "market"),
-    ("market1501", "single-query", None): ("market1501", "market"),
-    ("dukemtmc", "", None): ("dukemtmc", "market"),
-    ("dukemtmc", "single-query", None): ("dukemtmc", "market"),
-    ("msmt17", "", None): ("msmt17", "market"),
-    ("cuhk03", "cuhk03-labeled", None): ("cuhk03-labeled", "market"),
-    ("cuhk03", "cuhk03-detected", None): ("cuhk03-detected", "market"),
-    ("cuhk03", "cuhk03-labeled", "spreid"): ("cuhk03-labeled-classic", "cuhk03-classic"),
-    ("cuhk01", "", None): ("cuhk01", "cuhk01"),
-    ("crowdreid", "", None): ("crowd-reid", "market"),
-    ("occludedreid", "", None): ("occluded-reid", "occluded"),
-}
-
-# Store columns for the CSV's metric names; LIP parsing accuracies have none.
-METRICS = {"mAP": "mAP", "rank1": "rank1", "rank5": "rank5", "rank10": "rank10"}
 
 
 @dataclass(frozen=True, order=True)
@@ -149,36 +41,81 @@ class Identity:
 def row_train_dataset(row: dict) -> str:
     """The training set a store row is looked up under.
 
-    A cell trained on a union ("a+b+c", SPReID's merged datasets) counts as trained on the member it
-    is tested on, the way SPReID's tables list it; a cell fine-tuned on a target (its config's
-    `finetune_dataset`) counts so only for the target's rows. Other rows keep their training set.
+    A cell fine-tuned on a target (its config's `finetune_dataset`) counts as trained on the target
+    for the target's rows, whatever it was pre-trained on: SPReID's Table 6 fine-tunes on "Market-1501,
+    CUHK03 and DukeMTMC-reID datasets separately" (4.2) after the union, and DSA-reID's Table 2 CUHK01
+    column is "pre-trained on CUHK03 and fine-tuned on CUHK01". Its rows on other test sets measure a
+    model no table lists; they are looked up as "PRETRAIN>TARGET", which no reference row names, so a
+    Duke-fine-tuned model's Market number never stands in for the Market-fine-tuned one. A combination
+    (`[[combine]]`) row counts under its parts' target (the parts of one combination share it,
+    harness.spec.parse._group_key). A cell trained on a union ("a+b+c", SPReID's merged datasets)
+    without fine-tuning counts as trained on the member it is tested on, the way SPReID's tables list
+    it. Other rows keep their training set.
     """
     train, test = row["train_dataset"], row["test_dataset"]
-    if "+" not in train or test not in train.split("+"):
-        return train
-    target = json.loads(row.get("config") or "{}").get("cell", {}).get("finetune_dataset")
-    return test if target in (None, test) else train
+    target = finetune_target(json.loads(row.get("config") or "{}"))
+    if target:
+        return target if test == target else f"{train}>{target}"
+    if "+" in train and test in train.split("+"):
+        return test
+    return train
 
 
-def store_dataset(paper: str, dataset: str, protocol: str) -> tuple[str, str] | None:
-    """(dataset, protocol) as the store names them, or None for sets reidbench does not have."""
-    return _DATASETS.get((dataset, protocol, paper)) or _DATASETS.get((dataset, protocol, None))
-
-
-def store_method(paper: str, method: str, variant: str) -> tuple[str, str] | None:
-    return METHODS.get((paper, method, variant)) or METHODS.get((paper, "*", variant))
+def finetune_target(config: dict) -> str | None:
+    """The fine-tuning target a row's model was trained on last: the cell's, or a combination's parts'
+    (their config's `parts`, one cell each); None when there is none."""
+    if "cell" in config:
+        return config["cell"].get("finetune_dataset")
+    targets = {p.get("finetune_dataset") for p in config.get("parts") or [] if isinstance(p, dict)}
+    return targets.pop() if len(targets) == 1 else None
 
 
 def identity(ref) -> Identity | None:
-    """The store identity that measures this reference cell, or None (a competitor, or no such data)."""
-    found = store_method(ref.paper, ref.method, ref.variant)
-    backbone = BACKBONES.get(ref.backbone)
-    test = store_dataset(ref.paper, ref.test_dataset, ref.protocol)
-    if found is None or backbone is None or test is None or ref.metric not in METRICS:
+    """The store identity that measures this reference cell (a `RefCell`), or None where the CSV names none."""
+    if not ref.store_method:
         return None
-    # The training set follows the test set's boxes (CUHK03 labeled or detected); the
-    # cross-domain training sets (Market-1501, DukeMTMC, MSMT17) have no protocol of their own.
-    train = test if ref.train_dataset == ref.test_dataset else store_dataset(ref.paper, ref.train_dataset, "")
-    if train is None:
-        return None
-    return Identity(found[0], found[1], backbone, train[0], test[0], test[1], ref.rerank)
+    return Identity(
+        ref.store_method,
+        ref.store_variant,
+        ref.store_backbone,
+        ref.store_train_dataset,
+        ref.store_test_dataset,
+        ref.store_protocol,
+        ref.rerank,
+    )
+
+
+# The average precision each paper's evaluation computed, as the store column that measures its "mAP",
+# with the evidence in brief (in full: reference/caveats.md, "Which AP each paper reports"). Where
+# neither the paper nor its code says, the toolkit AP (`mAP`) is the default.
+AP_NAMES = {
+    "mAP": "the mean of the precision at each true match (torchreid's and fast-reid's AP)",
+    "mAP_official": "the official Market-1501 code's AP (compute_AP.m: precision integrated over recall by trapezoids)",
+}
+PAPER_AP: dict[str, tuple[str, str]] = {
+    "ssp-reid": (
+        "mAP",
+        "the paper defines AP as the sum of P(k) rel(k) over #relevant items (eqs. 5-6); "
+        "its code base is deep-person-reid, whose eval_market1501 computes that",
+    ),
+    "spreid": (
+        "mAP",
+        "neither the paper nor its released code (feature extraction only) says which AP; the toolkit AP",
+    ),
+    "dsa-reid": ("mAP", 'the paper says "following the common practices" and released no code; the toolkit AP'),
+    "scsn": ("mAP", "the paper names mAP without a definition or code; the toolkit AP"),
+    "gasm": ("mAP", "its code base, FastReID (evaluation/rank.py), computes the mean precision at each true match"),
+}
+
+
+_TOOLKIT_AP = ("mAP", "the paper names mAP without saying which; the toolkit AP")
+
+
+def paper_ap(paper: str) -> tuple[str, str]:
+    """(store column, evidence) of the AP a paper's evaluation computed; the toolkit AP where unknown."""
+    return PAPER_AP.get(paper, _TOOLKIT_AP)
+
+
+def store_metric(ref) -> str:
+    """The store column that measures a reference cell's metric: its paper's AP for "mAP"."""
+    return paper_ap(ref.paper)[0] if ref.metric == "mAP" else ref.metric

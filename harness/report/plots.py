@@ -14,9 +14,26 @@ import matplotlib.pyplot as plt  # noqa: E402
 from harness.report.extras import SimpleTable  # noqa: E402
 from harness.report.tables import dataset_label  # noqa: E402
 
-_STYLE = {"svg.hashsalt": "reidbench", "font.family": "DejaVu Sans", "font.size": 9, "figure.dpi": 100,
-          "axes.prop_cycle": matplotlib.cycler(color=["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e",
-                                                      "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"])}
+_STYLE = {
+    "svg.hashsalt": "reidbench",
+    "font.family": "DejaVu Sans",
+    "font.size": 9,
+    "figure.dpi": 100,
+    "axes.prop_cycle": matplotlib.cycler(
+        color=[
+            "#1f77b4",
+            "#d62728",
+            "#2ca02c",
+            "#9467bd",
+            "#ff7f0e",
+            "#8c564b",
+            "#e377c2",
+            "#7f7f7f",
+            "#bcbd22",
+            "#17becf",
+        ]
+    ),
+}
 
 
 def _save(fig, path: Path) -> Path:
@@ -49,7 +66,9 @@ def throughput_plot(path: Path, table: SimpleTable) -> Path | None:
     labels, train, infer = [], [], []
     for row in table.rows:
         cells = dict(zip(head, row))
-        labels.append(f"{cells['method']} {cells['backbone']}\n{cells['device']}, ws {cells['world size']}, {cells['precision']}")
+        labels.append(
+            f"{cells['method']} {cells['backbone']}\n{cells['device']}, ws {cells['world size']}, {cells['precision']}"
+        )
         train.append(_value(cells["train img/s"]))
         infer.append(_value(cells["infer img/s"]))
     if not labels:
@@ -65,6 +84,31 @@ def throughput_plot(path: Path, table: SimpleTable) -> Path | None:
         ax.set_title("Throughput per method and backbone")
         ax.grid(True, axis="x", alpha=0.3)
         ax.legend(loc="lower right", fontsize=7)
+        fig.tight_layout()
+        return _save(fig, path)
+
+
+_NOT_LOSSES = ("step", "lr", "phase", "images_per_second")  # the other keys of a metrics.jsonl line are loss terms
+
+
+def curve_plot(path: Path, title: str, records: list[dict]) -> Path:
+    """A cell's training curve: each loss term and the total (left), the learning rate (right), per step."""
+    with plt.rc_context(_STYLE):
+        fig, (losses, rates) = plt.subplots(1, 2, figsize=(8.0, 2.8))
+        steps = [r["step"] for r in records]
+        terms = sorted({k for r in records for k in r if k not in _NOT_LOSSES})
+        losses.plot(steps, [sum(r.get(k, 0.0) for k in terms) for r in records], label="loss", linewidth=1.2)
+        for key in terms:
+            losses.plot(steps, [r.get(key) for r in records], label=key, linewidth=1.2)
+        losses.set_xlabel("step")
+        losses.set_ylabel("loss")
+        losses.grid(True, alpha=0.3)
+        losses.legend(fontsize=7)
+        rates.plot(steps, [r.get("lr") for r in records], color="#2ca02c", linewidth=1.2)
+        rates.set_xlabel("step")
+        rates.set_ylabel("learning rate")
+        rates.grid(True, alpha=0.3)
+        fig.suptitle(title, fontsize=9)
         fig.tight_layout()
         return _save(fig, path)
 

@@ -1,28 +1,51 @@
-"""The papers' published numbers (package data) and how each of their results tables is laid out.
+"""The papers' published numbers and how each of their results tables is laid out: package data.
 
-`reference/paper_results.csv` holds every number of every results table of the five papers, one
-row per cell; `reference/caveats.md` explains the cells that are uncertain. A table's rows and
-columns come from the CSV in the order the paper prints them, grouped into blocks where the
-paper splits a table (SPReID per dataset, GASM Table 4 per training set).
+`reference/paper_results.csv` holds every number of every results table of the papers, one row per
+cell in the order the paper prints them, with the store identity that measures it (the `store_*`
+columns; empty for a competitor's number or one reidbench does not measure) and whether the
+number is `uncertain` (`reference/caveats.md` explains those cells). `reference/papers.toml`
+names the papers, in the order reports list them, and lays out each results table: its title,
+blocks, column order and backbone column. A new paper's tables are rows of the one and entries of
+the other; no code changes.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import re
-from dataclasses import dataclass
+import tomllib
+from dataclasses import dataclass, fields
 from functools import cache
 from importlib import resources
 
-PAPERS = ("ssp-reid", "spreid", "dsa-reid", "scsn", "gasm")
-PAPER_TITLES = {
-    "ssp-reid": "SSP-ReID: saliency and semantic parsing for person re-identification",
-    "spreid": "SPReID: human semantic parsing for person re-identification",
-    "dsa-reid": "DSA-reID: densely semantically aligned person re-identification",
-    "scsn": "SCSN: salience-guided cascaded suppression network",
-    "gasm": "GASM: guided adaptive spatial matching for occluded and crowded person re-identification",
-}
+# The CSV's columns; `store_*` spell the measuring cell as the store does (see `mapping`).
+STORE_COLUMNS = (
+    "store_method",
+    "store_variant",
+    "store_backbone",
+    "store_train_dataset",
+    "store_test_dataset",
+    "store_protocol",
+)
+CSV_COLUMNS = (
+    "paper",
+    "table",
+    "method",
+    "variant",
+    "backbone",
+    "train_dataset",
+    "test_dataset",
+    "protocol",
+    "rerank",
+    "metric",
+    "value",
+    "uncertain",
+    *STORE_COLUMNS,
+    "note",
+)
+# The store's metric columns a published number can stand beside (LIP parsing accuracies have none).
+METRICS = ("mAP", "rank1", "rank5", "rank10", "mINP")
+_BLOCK_BY = (None, "test_dataset", "train_dataset")
 
 
 @dataclass(frozen=True)
@@ -40,6 +63,13 @@ class RefCell:
     rerank: bool
     metric: str
     value: str
+    uncertain: bool  # garbled extraction, inferred placement or a paper inconsistency: a footnote in every report
+    store_method: str  # "" where no store cell measures this number
+    store_variant: str
+    store_backbone: str
+    store_train_dataset: str
+    store_test_dataset: str
+    store_protocol: str
     note: str
 
 
@@ -56,65 +86,67 @@ class TableSpec:
     show_backbone: bool = False
 
 
-_SSP_ORDER = ("market1501/", "cuhk03/cuhk03-detected", "cuhk03/cuhk03-labeled", "dukemtmc/")
-_MAP_FIRST = ("mAP", "rank1", "rank5", "rank10")
+def parse_papers(text: str) -> tuple[dict[str, str], tuple[TableSpec, ...]]:
+    """papers.toml's titles by paper, in its order, and every table layout; a ValueError naming the
+    entry for a key or value the layout does not know."""
+    titles, tables = {}, []
+    keys = {f.name for f in fields(TableSpec)} - {"paper"}
+    for paper, entry in tomllib.loads(text).items():
+        if not isinstance(entry, dict) or set(entry) - {"title", "tables"} or "title" not in entry:
+            raise ValueError(f"papers.toml, [{paper}]: a paper has a title and [[{paper}.tables]], nothing else")
+        titles[paper] = entry["title"]
+        for layout in entry.get("tables", []):
+            where = f"papers.toml, [[{paper}.tables]] number = {layout.get('number')}"
+            if unknown := sorted(set(layout) - keys):
+                raise ValueError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(keys))}")
+            if layout.get("block_by") not in _BLOCK_BY:
+                raise ValueError(f"{where}: block_by must be test_dataset or train_dataset")
+            tables.append(TableSpec(paper, **{k: tuple(v) if isinstance(v, list) else v for k, v in layout.items()}))
+    return titles, tuple(tables)
 
-TABLES: tuple[TableSpec, ...] = (
-    TableSpec("ssp-reid", 3, "The framework on five backbones (S-ReID, SP-ReID and both)", dataset_order=_SSP_ORDER),
-    TableSpec("ssp-reid", 4, "Comparison with the state of the art; RR is re-ranking", dataset_order=_SSP_ORDER),
-    TableSpec("spreid", 1, "Human semantic parsing on the LIP validation split (not a re-ID result)"),
-    TableSpec("spreid", 2, "Input resolution of the Inception-V3 baseline", block_by="test_dataset"),
-    TableSpec("spreid", 3, "Backbone of the baseline, without and with fine-tuning (ft)", block_by="test_dataset"),
-    TableSpec("spreid", 4, "SPReID against the Inception-V3 baseline", block_by="test_dataset"),
-    TableSpec("spreid", 5, "Weight sharing between the two aggregation heads", block_by="test_dataset"),
-    TableSpec("spreid", 6, "Comparison with the state of the art (* adds ResNet-152 ft features)",
-              block_by="test_dataset", metric_order=_MAP_FIRST),
-    TableSpec("dsa-reid", 2, "Comparison with the state of the art",
-              dataset_order=("market1501/single-query", "cuhk03/cuhk03-labeled", "cuhk03/cuhk03-detected", "cuhk01/", "dukemtmc/")),
-    TableSpec("dsa-reid", 3, "Baselines and the parts of DSA-reID on Market-1501"),
-    TableSpec("dsa-reid", 4, "Dense against coarse semantic alignment on Market-1501"),
-    TableSpec("dsa-reid", 5, "Fusing the two streams on Market-1501"),
-    TableSpec("scsn", 1, "Comparison with the state of the art on Market-1501", show_backbone=True),
-    TableSpec("scsn", 2, "Comparison with the state of the art on DukeMTMC-reID", show_backbone=True),
-    TableSpec("scsn", 3, "Comparison with the state of the art on CUHK03 (767/700 split)", show_backbone=True),
-    TableSpec("scsn", 4, "Comparison with the state of the art on MSMT17", show_backbone=True),
-    TableSpec("scsn", 5, "Ablation of SCSN's modules on DukeMTMC-reID"),
-    TableSpec("scsn", 6, "Feature fusion strategies of NMFF (DukeMTMC-reID)"),
-    TableSpec("gasm", 1, "Crowd-REID and Occluded-REID, trained on Market-1501, DukeMTMC or MSMT17"),
-    TableSpec("gasm", 2, "Market-1501, DukeMTMC-reID and MSMT17"),
-    TableSpec("gasm", 3, "Cross-domain: trained on one dataset, tested on another"),
-    TableSpec("gasm", 4, "GASM's components, per training set", block_by="train_dataset"),
-)
 
-# Notes that mark a cell as uncertain (garbled extraction, inferred placement, a paper inconsistency).
-_UNCERTAIN = re.compile(
-    r"CAUTION|uncertain|labeled-vs-detected|lists the same|reassigned|likely a|"
-    r"copy error|swap|here vs|= Table 3 MS|Table 3 MS->M 68|ABDNet is ref|not reliabl",
-)
+def parse_cells(text: str) -> tuple[RefCell, ...]:
+    """Every row of a paper_results.csv; a ValueError naming the line of a row that does not hold together."""
+    reader = csv.DictReader(io.StringIO(text))
+    if tuple(reader.fieldnames or ()) != CSV_COLUMNS:
+        raise ValueError(f"paper_results.csv: the columns must be {', '.join(CSV_COLUMNS)}")
+    cells = []
+    for r in reader:
+        where = f"paper_results.csv, line {reader.line_num}"
+        for flag in ("rerank", "uncertain"):
+            if r[flag] not in ("true", "false"):
+                raise ValueError(f"{where}: {flag} must be true or false, not {r[flag]!r}")
+        store = [r[c] for c in STORE_COLUMNS]
+        if any(store) and not all(store):
+            raise ValueError(
+                f"{where}: fill every one of {', '.join(STORE_COLUMNS)}, or none (no store cell measures it)"
+            )
+        if any(store) and r["metric"] not in METRICS:
+            raise ValueError(
+                f"{where}: metric {r['metric']!r} is not a store column ({', '.join(METRICS)}), "
+                f"so no store cell can measure it; leave the store_* columns empty"
+            )
+        values = {**r, "table": int(r["table"]), "rerank": r["rerank"] == "true", "uncertain": r["uncertain"] == "true"}
+        cells.append(RefCell(**values))
+    return tuple(cells)
+
+
+def _read(name: str) -> str:
+    return resources.files("harness.report").joinpath(f"reference/{name}").read_text(encoding="utf-8")
+
+
+PAPER_TITLES, TABLES = parse_papers(_read("papers.toml"))
+PAPERS = tuple(PAPER_TITLES)
 
 
 @cache
 def reference_cells() -> tuple[RefCell, ...]:
     """Every published number, in the CSV's order (the papers' order)."""
-    text = resources.files("harness.report").joinpath("reference/paper_results.csv").read_text(encoding="utf-8")
-    return tuple(
-        RefCell(
-            paper=r["paper"], table=int(r["table"]), method=r["method"], variant=r["variant"],
-            backbone=r["backbone"], train_dataset=r["train_dataset"], test_dataset=r["test_dataset"],
-            protocol=r["protocol"], rerank=r["rerank"] == "true", metric=r["metric"], value=r["value"],
-            note=r["note"],
-        )
-        for r in csv.DictReader(io.StringIO(text))
-    )
+    return parse_cells(_read("paper_results.csv"))
 
 
 def caveats_text() -> str:
-    return resources.files("harness.report").joinpath("reference/caveats.md").read_text(encoding="utf-8")
-
-
-def is_uncertain(cell: RefCell) -> bool:
-    """Whether the cell's note flags it as uncertain (it then gets a footnote in every report)."""
-    return bool(_UNCERTAIN.search(cell.note))
+    return _read("caveats.md")
 
 
 def table_specs(paper: str) -> list[TableSpec]:

@@ -26,9 +26,11 @@ def diff_text(cell: Cell) -> str:
 
 
 def caption_lines(table: PaperTable) -> list[str]:
-    lines = [table.summary()]
-    lines.append("Each column: the paper's number, ours (mean over seeds; ± sample std and n with several seeds), "
-                 "and ours minus the paper's. Blank: a method reidbench does not run; –: not measured yet.")
+    lines = [table.summary(), *(note for note in (table.ap_note(), table.rerank_note()) if note)]
+    lines.append(
+        "Each column: the paper's number, ours (mean over seeds; ± sample std and n with several seeds), "
+        "and ours minus the paper's. Blank: a method reidbench does not run; –: not measured yet."
+    )
     return lines
 
 
@@ -74,9 +76,23 @@ def markdown_simple(table: SimpleTable, level: int = 2) -> str:
 
 # -- LaTeX ---------------------------------------------------------------------------------------
 
-_LATEX_ESCAPES = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-                  "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
-                  "→": r"$\rightarrow$", "±": r"$\pm$", "Δ": r"$\Delta$", "×": r"$\times$", "–": "--"}
+_LATEX_ESCAPES = {
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "\\": r"\textbackslash{}",
+    "→": r"$\rightarrow$",
+    "±": r"$\pm$",
+    "Δ": r"$\Delta$",
+    "×": r"$\times$",
+    "–": "--",
+}
 
 
 def latex_escape(text: str) -> str:
@@ -100,10 +116,20 @@ def _latex_block(table: PaperTable, block: Block) -> list[str]:
             groups[-1] = (col.group, groups[-1][1] + 1)
         else:
             groups.append((col.group, 1))
-    lines.append(" & " * (lead - 1) + " & " + " & ".join(
-        rf"\multicolumn{{{3 * n}}}{{c}}{{{latex_escape(g)}}}" for g, n in groups) + r" \\")
-    lines.append(("Method & Backbone" if lead == 2 else "Method") + " & " + " & ".join(
-        rf"\multicolumn{{3}}{{c}}{{{latex_escape(METRIC_NAMES.get(c.metric, c.metric))}}}" for c in block.columns) + r" \\")
+    lines.append(
+        " & " * (lead - 1)
+        + " & "
+        + " & ".join(rf"\multicolumn{{{3 * n}}}{{c}}{{{latex_escape(g)}}}" for g, n in groups)
+        + r" \\"
+    )
+    lines.append(
+        ("Method & Backbone" if lead == 2 else "Method")
+        + " & "
+        + " & ".join(
+            rf"\multicolumn{{3}}{{c}}{{{latex_escape(METRIC_NAMES.get(c.metric, c.metric))}}}" for c in block.columns
+        )
+        + r" \\"
+    )
     lines.append(" & " * (lead - 1) + " & " + " & ".join(["paper & ours & $\\Delta$"] * len(block.columns)) + r" \\")
     lines.append(r"\midrule")
     for row in block.rows:
@@ -120,8 +146,12 @@ def _latex_block(table: PaperTable, block: Block) -> list[str]:
 
 def latex_table(table: PaperTable) -> str:
     spec = table.spec
-    lines = [r"\begin{table}[htbp]", r"\centering", r"\scriptsize",
-             rf"\caption{{{latex_escape(f'{spec.paper} Table {spec.number}: {spec.title}. ' + ' '.join(caption_lines(table)))}}}"]
+    lines = [
+        r"\begin{table}[htbp]",
+        r"\centering",
+        r"\scriptsize",
+        rf"\caption{{{latex_escape(f'{spec.paper} Table {spec.number}: {spec.title}. ' + ' '.join(caption_lines(table)))}}}",
+    ]
     for block in table.blocks:
         if block.title:
             lines += [rf"\par\smallskip\textbf{{{latex_escape(block.title)}}}\par\smallskip"]
@@ -133,10 +163,16 @@ def latex_table(table: PaperTable) -> str:
 
 
 def latex_simple(table: SimpleTable) -> str:
-    lines = [r"\begin{table}[htbp]", r"\centering", r"\scriptsize",
-             rf"\caption{{{latex_escape(table.title + '. ' + ' '.join(table.caption))}}}",
-             rf"\begin{{tabular}}{{{'l' * len(table.headers)}}}", r"\toprule",
-             " & ".join(latex_escape(h) for h in table.headers) + r" \\", r"\midrule"]
+    lines = [
+        r"\begin{table}[htbp]",
+        r"\centering",
+        r"\scriptsize",
+        rf"\caption{{{latex_escape(table.title + '. ' + ' '.join(table.caption))}}}",
+        rf"\begin{{tabular}}{{{'l' * len(table.headers)}}}",
+        r"\toprule",
+        " & ".join(latex_escape(h) for h in table.headers) + r" \\",
+        r"\midrule",
+    ]
     lines += [" & ".join(latex_escape(c) for c in row) + r" \\" for row in table.rows]
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
     return "\n".join(lines)
@@ -147,9 +183,29 @@ LATEX_PREAMBLE = "% Needs \\usepackage{booktabs}. Written by `reidbench report`;
 
 # -- CSV -----------------------------------------------------------------------------------------
 
-CSV_HEADERS = ("paper", "table", "block", "row", "backbone", "column", "metric", "published", "footnote",
-               "store_method", "store_variant", "store_backbone", "train_dataset", "test_dataset", "protocol",
-               "rerank", "measured_mean", "measured_std", "seeds", "synthetic", "diff")
+CSV_HEADERS = (
+    "paper",
+    "table",
+    "block",
+    "row",
+    "backbone",
+    "column",
+    "metric",
+    "published",
+    "footnote",
+    "store_method",
+    "store_variant",
+    "store_backbone",
+    "train_dataset",
+    "test_dataset",
+    "protocol",
+    "rerank",
+    "measured_mean",
+    "measured_std",
+    "seeds",
+    "synthetic",
+    "diff",
+)
 
 
 def csv_rows(table: PaperTable) -> list[list[str]]:
@@ -160,15 +216,43 @@ def csv_rows(table: PaperTable) -> list[list[str]]:
                 if cell.published is None:
                     continue
                 i, m = cell.identity, cell.measure
-                out.append([
-                    table.spec.paper, str(table.spec.number), block.title or "", row.label, row.backbone, col.group,
-                    col.metric, cell.published, table.footnotes[cell.footnote - 1] if cell.footnote else "",
-                    *((i.method, i.variant, i.backbone, i.train_dataset, i.test_dataset, i.protocol, str(i.rerank).lower())
-                      if i else [""] * 7),
-                    *((f"{m.mean:.4f}", "" if m.std is None else f"{m.std:.4f}", str(m.n), str(m.synthetic).lower())
-                      if m else [""] * 4),
-                    "" if cell.diff is None else f"{cell.diff:.4f}",
-                ])
+                out.append(
+                    [
+                        table.spec.paper,
+                        str(table.spec.number),
+                        block.title or "",
+                        row.label,
+                        row.backbone,
+                        col.group,
+                        col.metric,
+                        cell.published,
+                        table.footnotes[cell.footnote - 1] if cell.footnote else "",
+                        *(
+                            (
+                                i.method,
+                                i.variant,
+                                i.backbone,
+                                i.train_dataset,
+                                i.test_dataset,
+                                i.protocol,
+                                str(i.rerank).lower(),
+                            )
+                            if i
+                            else [""] * 7
+                        ),
+                        *(
+                            (
+                                f"{m.mean:.4f}",
+                                "" if m.std is None else f"{m.std:.4f}",
+                                str(m.n),
+                                str(m.synthetic).lower(),
+                            )
+                            if m
+                            else [""] * 4
+                        ),
+                        "" if cell.diff is None else f"{cell.diff:.4f}",
+                    ]
+                )
     return out
 
 

@@ -13,18 +13,43 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from harness.report.mapping import Identity, identity, row_train_dataset
-from harness.report.reference import RefCell, TableSpec, is_uncertain, reference_cells
+from harness.report.mapping import AP_NAMES, Identity, identity, paper_ap, row_train_dataset, store_metric
+from harness.report.reference import RefCell, TableSpec, reference_cells
 
 DATASET_NAMES = {
-    "market1501": "Market-1501", "dukemtmc": "DukeMTMC-reID", "msmt17": "MSMT17", "cuhk01": "CUHK01",
-    "cuhk03": "CUHK03", "crowdreid": "Crowd-REID", "occludedreid": "Occluded-REID", "lip": "LIP",
-    "cuhk03-labeled": "CUHK03 (labeled)", "cuhk03-detected": "CUHK03 (detected)",
-    "crowd-reid": "Crowd-REID", "occluded-reid": "Occluded-REID",
+    "market1501": "Market-1501",
+    "dukemtmc": "DukeMTMC-reID",
+    "msmt17": "MSMT17",
+    "cuhk01": "CUHK01",
+    "cuhk03": "CUHK03",
+    "crowdreid": "Crowd-REID",
+    "occludedreid": "Occluded-REID",
+    "lip": "LIP",
+    "cuhk03-labeled": "CUHK03 (labeled)",
+    "cuhk03-detected": "CUHK03 (detected)",
+    "crowd-reid": "Crowd-REID",
+    "occluded-reid": "Occluded-REID",
 }
-METRIC_NAMES = {"mAP": "mAP", "rank1": "R1", "rank5": "R5", "rank10": "R10", "mINP": "mINP",
-                "overall_acc": "overall acc.", "mean_acc": "mean acc.", "mean_iou": "mean IoU"}
-_ORDER = ("market1501", "dukemtmc", "cuhk03-labeled", "cuhk03-detected", "cuhk01", "msmt17", "crowd-reid", "occluded-reid")
+METRIC_NAMES = {
+    "mAP": "mAP",
+    "rank1": "R1",
+    "rank5": "R5",
+    "rank10": "R10",
+    "mINP": "mINP",
+    "overall_acc": "overall acc.",
+    "mean_acc": "mean acc.",
+    "mean_iou": "mean IoU",
+}
+_ORDER = (
+    "market1501",
+    "dukemtmc",
+    "cuhk03-labeled",
+    "cuhk03-detected",
+    "cuhk01",
+    "msmt17",
+    "crowd-reid",
+    "occluded-reid",
+)
 
 
 @dataclass(frozen=True)
@@ -83,6 +108,7 @@ class PaperTable:
     measured: int  # ... that the store has measured
     synthetic: int  # measured cells whose numbers come from synthetic data
     hidden_synthetic: int  # cells where real measurements replaced synthetic ones
+    rerank_distances: tuple[str, ...] = ()  # what the measured re-ranked rows were re-ranked on (rows' rerank_distance)
 
     @property
     def name(self) -> str:
@@ -93,16 +119,41 @@ class PaperTable:
         if not self.measurable:
             text = f"reidbench measures nothing in this table: published values only ({self.published} cells)."
         elif not self.measured:
-            text = (f"No measurements in the store for this table: published values only "
-                    f"({self.measurable} of its {self.published} cells are ones reidbench can measure).")
+            text = (
+                f"No measurements in the store for this table: published values only "
+                f"({self.measurable} of its {self.published} cells are ones reidbench can measure)."
+            )
         else:
             text = f"{self.measured} of {self.measurable} measurable cells measured ({self.published} published cells in all)."
         if self.synthetic:
-            text += (f" {self.synthetic} measured cell(s) come from SYNTHETIC data, marked 'syn': "
-                     f"they test the pipeline, not the method on the real dataset.")
+            text += (
+                f" {self.synthetic} measured cell(s) come from SYNTHETIC data, marked 'syn': "
+                f"they test the pipeline, not the method on the real dataset."
+            )
         if self.hidden_synthetic:
             text += f" {self.hidden_synthetic} cell(s) have real measurements as well as synthetic ones; the real ones are shown."
         return text
+
+    def ap_note(self) -> str | None:
+        """The caption's sentence on the AP that the mAP columns compare (the paper's own definition);
+        None for a table without mAP."""
+        if not any(col.metric == "mAP" for block in self.blocks for col in block.columns):
+            return None
+        column, evidence = paper_ap(self.spec.paper)
+        return f"mAP, published and ours, is {AP_NAMES[column]}: {evidence}."
+
+    def rerank_note(self) -> str | None:
+        """The caption's sentence on what the measured re-ranked rows were re-ranked on; None without such rows."""
+        if not self.rerank_distances:
+            return None
+        names = {
+            "squared-euclidean": "squared Euclidean distances (as torchreid hands them to the reference code)",
+            "euclidean": "plain Euclidean distances",
+            "own": "the method's own distance",
+            "unknown": "plain Euclidean distances (rows written before rerank_distance was recorded)",
+        }
+        used = "; some on ".join(names.get(d, d) for d in self.rerank_distances)
+        return f"Re-ranked rows: k-reciprocal re-ranking (k1 = 20, k2 = 6, lambda = 0.3) on {used}."
 
 
 def dataset_order(name: str) -> tuple[int, str]:
@@ -118,21 +169,54 @@ def dataset_label(dataset: str, protocol: str = "") -> str:
 
 
 def index_rows(rows: Iterable[dict[str, Any]]) -> dict[Identity, list[dict[str, Any]]]:
-    """Store rows grouped by the identity a reference cell looks them up by."""
+    """Store rows grouped by the identity a reference cell looks them up by. Rows of external
+    weights (`reidbench eval --weights`) are no training run of reidbench's: never in a paper table."""
     index: dict[Identity, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
-        key = Identity(r["method"], r["variant"], r["backbone"], row_train_dataset(r), r["test_dataset"],
-                       r["protocol"], bool(r["rerank"]))
+        if r.get("weights"):
+            continue
+        key = Identity(
+            r["method"],
+            r["variant"],
+            r["backbone"],
+            row_train_dataset(r),
+            r["test_dataset"],
+            r["protocol"],
+            bool(r["rerank"]),
+        )
         index[key].append(r)
     return index
 
 
+def fingerprint_conflict(rows: list[dict[str, Any]]) -> str | None:
+    """Why rows of one table cell must not be averaged: they were measured on different copies of a
+    dataset of the same name (harness/data/fingerprint.py), naming the rows that differ; else None."""
+    for column, what in (("test_fingerprint", "test dataset"), ("train_fingerprint", "training dataset")):
+        seen: dict[str, list[dict]] = defaultdict(list)
+        for r in rows:
+            if r.get(column):
+                seen[r[column]].append(r)
+        if len(seen) > 1:
+            groups = "; ".join(
+                f"cell(s) {', '.join(sorted({r['cell_id'] for r in group}))} (seed(s) "
+                f"{', '.join(map(str, sorted({r['seed'] for r in group})))}): {fp}"
+                for fp, group in seen.items()
+            )
+            name = rows[0]["test_dataset"] if column == "test_fingerprint" else rows[0]["train_dataset"]
+            return (
+                f"not averaged: the rows of {rows[0]['method']}:{rows[0]['variant']} on {rows[0]['backbone']} were "
+                f"measured on different copies of {what} {name} (fingerprints differ): {groups}"
+            )
+    return None
+
+
 def measure(rows: list[dict[str, Any]], metric: str) -> tuple[Measure | None, bool]:
-    """Mean ± std over seeds of one metric, real data preferred; and whether synthetic rows were set aside."""
+    """Mean ± std over seeds of one metric, real data preferred; and whether synthetic rows were set aside.
+    None when the rows' dataset fingerprints differ (see fingerprint_conflict)."""
     real = [r for r in rows if not r["synthetic"] and r.get(metric) is not None]
     synthetic = [r for r in rows if r["synthetic"] and r.get(metric) is not None]
     chosen = real or synthetic
-    if not chosen:
+    if not chosen or fingerprint_conflict(chosen):
         return None, False
     per_seed: dict[int, list[float]] = defaultdict(list)
     for r in chosen:  # several rows of one seed (e.g. from two grids) count once, averaged
@@ -142,14 +226,23 @@ def measure(rows: list[dict[str, Any]], metric: str) -> tuple[Measure | None, bo
     return Measure(statistics.fmean(values), std, len(values), synthetic=not real), bool(real and synthetic)
 
 
-def build_table(spec: TableSpec, store_rows: Iterable[dict[str, Any]]) -> PaperTable:
-    """The paper's table (rows, columns and order as printed) with the store's numbers beside it."""
-    refs = [c for c in reference_cells() if c.paper == spec.paper and c.table == spec.number]
+def build_table(
+    spec: TableSpec,
+    store_rows: Iterable[dict[str, Any]],
+    reference: Iterable[RefCell] | None = None,
+    index: dict[Identity, list[dict[str, Any]]] | None = None,
+) -> PaperTable:
+    """The paper's table (rows, columns and order as printed) with the store's numbers beside it;
+    `reference` holds the published numbers to lay out (default: the package's); `index`, the
+    rows' index_rows when the caller builds many tables (once, not once per table)."""
+    published = reference_cells() if reference is None else reference
+    refs = [c for c in published if c.paper == spec.paper and c.table == spec.number]
     if not refs:
         raise ValueError(f"no reference cells for {spec.paper} Table {spec.number}")
-    index = index_rows(store_rows)
+    index = index_rows(store_rows) if index is None else index
     footnotes: list[str] = []
     counts = defaultdict(int)
+    distances: set[str] = set()
     blocks = []
     for title, cells in _split_blocks(spec, refs):
         columns = _columns(spec, cells)
@@ -162,25 +255,42 @@ def build_table(spec: TableSpec, store_rows: Iterable[dict[str, Any]]) -> PaperT
             out = []
             for column_key, _ in columns:
                 ref = row_cells.get(column_key)
-                out.append(_cell(ref, index, footnotes, counts) if ref else Cell(None, None, None, None))
+                out.append(_cell(ref, index, footnotes, counts, distances) if ref else Cell(None, None, None, None))
             rows.append(Row(labels[key], key[2], tuple(out)))
         blocks.append(Block(title, tuple(col for _, col in columns), tuple(rows)))
-    return PaperTable(spec, tuple(blocks), tuple(footnotes), counts["published"], counts["measurable"],
-                      counts["measured"], counts["synthetic"], counts["hidden"])
+    return PaperTable(
+        spec,
+        tuple(blocks),
+        tuple(footnotes),
+        counts["published"],
+        counts["measurable"],
+        counts["measured"],
+        counts["synthetic"],
+        counts["hidden"],
+        tuple(sorted(distances)),
+    )
 
 
-def _cell(ref: RefCell, index, footnotes: list[str], counts) -> Cell:
+def _cell(ref: RefCell, index, footnotes: list[str], counts, distances: set[str]) -> Cell:
     counts["published"] += 1
     found = identity(ref)
     result = None
     if found is not None:
         counts["measurable"] += 1
-        result, hidden = measure(index.get(found, []), ref.metric)
+        rows = index.get(found, [])
+        result, hidden = measure(rows, store_metric(ref))
+        if result is not None and ref.rerank:
+            distances.update(r.get("rerank_distance") or "unknown" for r in rows)
         counts["measured"] += result is not None
         counts["synthetic"] += result is not None and result.synthetic
         counts["hidden"] += hidden
     footnote = None
-    if is_uncertain(ref):
+    conflict = fingerprint_conflict(index.get(found, [])) if found is not None else None
+    if conflict:
+        if conflict not in footnotes:
+            footnotes.append(conflict)
+        footnote = footnotes.index(conflict) + 1
+    elif ref.uncertain:
         text = ref.note.replace("unrecovered.md", "caveats.md")
         if text not in footnotes:
             footnotes.append(text)

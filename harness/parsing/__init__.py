@@ -1,6 +1,0 @@
-"""SPReID's human parsing model on LIP: train it, score it as SPReID Table 1 does, write parsing cues.
-
-`reidbench parsing train|eval|write-cues` (harness/parsing/cli.py) drive the functions of
-harness/parsing/run.py; the model is methods/spreid_parsing.py, the LIP layout harness/data/lip.py,
-the metrics harness/parsing/metrics.py.
-"""

@@ -83,7 +83,7 @@ def test_training_beats_an_untrained_model_by_far(smoke_runs):
 def test_rows_carry_identity_metrics_and_provenance(smoke_runs):
     root, _, runs = smoke_runs
     row = only_row(Store(root / "store"), root / "smoke.toml")
-    assert (row["method"], row["variant"], row["backbone"], row["grid"]) == ("baseline", "bnneck", "resnet50", "smoke")
+    assert (row["method"], row["variant"], row["backbone"], row["grid"]) == ("baseline", "bnneck", "resnet18", "smoke")
     assert row["synthetic"] is True and row["rerank"] is False and row["protocol"] == "market"
     assert row["world_size"] == 2 and row["executor"] == "local" and row["device"] == "cpu"
     assert len(row["cmc"]) == 50 and row["cmc"][0] == row["rank1"] and 0 <= row["mINP"] <= row["mAP"] <= 1

@@ -46,7 +46,7 @@ def test_smoke_spec_is_one_baseline_cell_on_synthetic_market():
     assert (cell.method, cell.variant, cell.backbone, cell.train_dataset) == (
         "baseline",
         "bnneck",
-        "resnet50",
+        "resnet18",
         "market1501",
     )
     assert cell.test_datasets == ("market1501",)

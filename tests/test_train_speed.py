@@ -69,7 +69,10 @@ def test_reference_losses_change_over_steps(reference):
 
 
 def test_channels_last_gives_the_same_losses(reference):
-    assert losses_of(baseline(), channels_last=True) == pytest.approx(reference, rel=1e-4)
+    # The convolutions sum in another order in the channels-last layout, and Adam's first steps
+    # divide by the gradients' size, so float rounding grows to 1.2e-3 of the loss by step 4
+    # (torch 2.14 on the CPU); a model that trains differently (another initialisation) is 17% off.
+    assert losses_of(baseline(), channels_last=True) == pytest.approx(reference, rel=5e-3)
 
 
 def test_checking_every_few_steps_gives_the_same_losses(reference):

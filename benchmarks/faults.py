@@ -179,6 +179,9 @@ class Suite:
             for r in rows
         )
         ok = len(rows) == 2 and len(runs) == 1 and same
+        if not ok and output:  # what the run said, so a failed line can be read without rerunning it
+            tail = "\n".join(output.splitlines()[-12:])
+            print(f"--- {name}: FAIL; the run's last lines:\n{tail}", file=sys.stderr, flush=True)
         return [
             name,
             outcome,
@@ -305,7 +308,7 @@ class Suite:
         ran = (self.work / "PWNED").exists()
         moved = len(list(path.parent.glob("checkpoint.pt.bad-*")))
         return self.verdict(
-            name, store, f"rc {again.returncode}, moved aside {moved}, payload ran: {ran}", again.stdout
+            name, store, f"rc {again.returncode}, moved aside {moved}, payload ran: {ran}", again.stdout + again.stderr
         )
 
     def disk_full(self):
@@ -322,7 +325,7 @@ class Suite:
                 "disk full (20 MiB tmpfs)",
                 store,
                 f"rc {result.returncode}, checkpoints skipped with a warning: {warned}",
-                result.stdout,
+                result.stdout + result.stderr,
             )
         finally:
             subprocess.run(["umount", "-l", str(store)], capture_output=True)

@@ -186,6 +186,9 @@ def read_file(file: Path) -> dict | None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether `pid` runs on this host. A zombie does not: a killed run whose processes were
+    orphaned stays one until an init reaps it, which in containers may be never (PID 1 there is
+    often not an init), and its lease must not keep the cell from the next run."""
     if pid <= 0:
         return False
     try:
@@ -194,4 +197,8 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (not Linux): signal 0 is all there is to go by
+    return state not in ("Z", "X")

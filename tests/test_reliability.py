@@ -24,7 +24,7 @@ from harness.cli import main
 from harness.data import Sample
 from harness.data.cues import check_files
 from harness.data.files import make_once
-from harness.engine import checkpoint
+from harness.engine import artefact, checkpoint
 from harness.spec import load_spec
 from harness.status import cell_statuses, is_done
 from harness.store import SCHEMA, Store, atomic_write
@@ -163,6 +163,26 @@ def test_a_live_lease_keeps_other_runs_out_a_dead_one_is_taken_over(tmp_path):
     assert lease.read(tmp_path) is None and not list(tmp_path.glob(".*.tmp"))
 
 
+def test_a_holder_that_is_a_zombie_is_dead(tmp_path):
+    """A run killed from outside can leave its processes as zombies that nobody reaps (PID 1 in a
+    container is often not an init): signal 0 still reaches them, but their lease is stale."""
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the child never exited"
+        time.sleep(0.05)
+    try:
+        os.kill(zombie.pid, 0)  # still there for signal 0 ...
+        a = lease.Lease(tmp_path, "run-a", "run-a")
+        assert a.try_acquire() is None
+        record = lease.read(tmp_path).record
+        (tmp_path / "lease.json").write_text(__import__("json").dumps({**record, "pid": zombie.pid}))
+        assert lease.read(tmp_path).stale()  # ... but not alive
+        assert lease.Lease(tmp_path, "run-b", "run-b").try_acquire() is None
+    finally:
+        zombie.wait()
+
+
 def test_status_shows_who_holds_a_cell_and_run_leaves_it_alone(tmp_path, capsys):
     spec = spec_file(tmp_path)
     cell = load_spec(spec).cells[0]
@@ -258,6 +278,25 @@ def test_a_full_disk_skips_the_checkpoint_with_the_space_it_needs(tmp_path):
         assert list(disk.iterdir()) == []  # nothing half-written left behind
         with pytest.raises(OSError, match="no space left on .*small to write .*big.bin"):
             atomic_write(disk / "big.bin", lambda tmp: Path(tmp).write_bytes(b"x" * 2**21))
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_full_disk_at_the_kept_model_is_an_oserror_that_leaves_nothing(tmp_path):
+    """safetensors reports a full disk as its own error; the cell (harness/engine/cell.py) catches
+    OSError, warns and writes its rows without the model (benchmarks/faults.py, "disk full")."""
+    disk = tmp_path / "small"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root in a machine that allows mounts)")
+    try:
+        store = Store(disk / "store")
+        big = torch.nn.Linear(1024, 1024)  # 4 MiB of weights
+        with pytest.raises(OSError, match=r"no space left on .*small.* to write .*model.safetensors"):
+            artefact.save(store, "c0ffee", big, {"method": "baseline"})
+        artefact.discard(store, "c0ffee")
+        assert not store.model_path("c0ffee").exists() and not store.model_info_path("c0ffee").exists()
+        assert [p for p in disk.rglob("*") if p.is_file()] == []  # no temporary file left behind
     finally:
         subprocess.run(["umount", str(disk)], check=False)
 

@@ -14,6 +14,7 @@ is whole when both files are there (Store.has_model). Resume checkpoints stay se
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 from pathlib import Path
 from typing import Any
@@ -74,10 +75,24 @@ def save(store: Store, cell_id: str, model: torch.nn.Module, info: dict[str, Any
     # Cloned to plain contiguous CPU tensors: safetensors refuses tensors that share memory.
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     path = store.model_path(cell_id)
-    atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"cell_id": cell_id, "method": info["method"]}))
+
+    def write(tmp: str) -> None:
+        try:
+            save_file(state, tmp, metadata={"cell_id": cell_id, "method": info["method"]})
+        except SafetensorError as err:  # safetensors reports I/O errors as its own; a full disk is errno 28
+            code = errno.ENOSPC if "os error 28" in str(err) else errno.EIO
+            raise OSError(code, str(err)) from None
+
+    atomic_write(path, write)
     text = json.dumps(info, indent=2, sort_keys=True, default=str)
     atomic_write(store.model_info_path(cell_id), lambda tmp: Path(tmp).write_text(text))
     return path
+
+
+def discard(store: Store, cell_id: str) -> None:
+    """Remove a cell's kept model (weights and model.json): none is better than one of another run."""
+    store.model_path(cell_id).unlink(missing_ok=True)
+    store.model_info_path(cell_id).unlink(missing_ok=True)
 
 
 def read_info(store: Store, cell_id: str) -> dict[str, Any]:

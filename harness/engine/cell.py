@@ -336,6 +336,7 @@ def _run(
     roots = {name: dataset_root(cell.dataset(name), cell.synthetic) for name in cell.trained_on}
     train_fp = as_json({name: fingerprint(training.loaded[name], roots[name], ("train",)) for name in cell.trained_on})
     size = plans[-1].input_size
+    kept = config.keep_model
     if env.is_main and config.keep_model:  # kept before it is evaluated: an evaluation failure loses no training
         info = artefact.describe(
             cell,
@@ -346,7 +347,15 @@ def _run(
             train_fingerprint=train_fp,
             run_id=run_id,
         )
-        log(f"model kept: {artefact.save(store, cell.id, model, info)}")
+        try:
+            log(f"model kept: {artefact.save(store, cell.id, model, info)}")
+        except OSError as err:  # a full disk or quota, as for checkpoints: the rows matter more than the artefact
+            kept = False
+            artefact.discard(store, cell.id)
+            log(
+                f"warning: the model is not kept ({err}); the rows are written, but a test set added later "
+                "needs the cell trained again (`reidbench run SPEC --force`)"
+            )
     evaluation = Evaluation(
         cell,
         resources,
@@ -393,7 +402,7 @@ def _run(
             finished_at=provenance.now(),
             iterations=result.iterations,
             phases=phases,
-            model_kept=config.keep_model,
+            model_kept=kept,
         )
         sink.clear()
         retrain_marker(store, cell.id).unlink(missing_ok=True)

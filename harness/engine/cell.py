@@ -354,7 +354,7 @@ def _run(
             artefact.discard(store, cell.id)
             log(
                 f"warning: the model is not kept ({err}); the rows are written, but a test set added later "
-                "needs the cell trained again (`reidbench run SPEC --force`)"
+                "makes `reidbench run` train the cell again (free space first to keep the model then)"
             )
     evaluation = Evaluation(
         cell,

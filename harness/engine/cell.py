@@ -37,6 +37,7 @@ from harness.data.loader import train_loader, train_transform
 from harness.data.sampler import GlobalBatchSampler, batch_sampler, epoch_steps
 from harness.data.union import TrainingData, load_training, members
 from harness.engine import artefact, checkpoint, curves, preflight, schedule
+from harness.engine import heads as phase_heads
 from harness.engine.dist import DistEnv, broadcast_buffers, node_name, shutdown, sync_batchnorm
 from harness.engine.evaluate import Evaluation, check_test_cues, dataset_root, evaluate_tests, feature_stride
 from harness.engine.gpu import GpuSampler, gather_gpu_figures, peak_memory, reset_peak_memory
@@ -230,7 +231,12 @@ def _run(
     total = schedule.total(plans)
     tests = {name: _test_set(cell, training, name) for name in cell.test_datasets}
     _check_test_data(tests, cue_refs(model.test_cues, cell.cue_sources()), env)
-    optimizer = build_optimizer(model, config)
+    heads = (
+        phase_heads.PhaseHeads(model, plans, lambda on: [s.pid for s in training.sets[on]], seed=cell.seed)
+        if phase_heads.used(config)
+        else None
+    )
+    optimizer = build_optimizer(model, config, heads.param_groups() if heads else None)
     scheduler = build_scheduler(optimizer, config, per_epoch)
     start_step = checkpoint.resume(
         sink,
@@ -248,7 +254,9 @@ def _run(
             f"of {len(plans)})"
         )
     assert not (config.data_on_device and model.train_cues), "refused before the run (runner.check_cues)"
-    trained = DistributedDataParallel(model) if env.world_size > 1 else model
+    # A phase's own classifier leaves the others without gradients in it: DDP must not wait for them.
+    unused = heads is not None and len(heads.heads) > 1
+    trained = DistributedDataParallel(model, find_unused_parameters=unused) if env.world_size > 1 else model
     trained = torch.compile(trained) if config.compile else trained
     precision = resolve_precision(config.precision, env.device)
 
@@ -304,10 +312,11 @@ def _run(
                     f"{len(samples)} images) at {plan.input_size[0]}x{plan.input_size[1]}, lr {plan.lr:g}"
                 )
             batches = _marked(_batches(cell, config, plan, samples, sampler, model, env), watch, begin)
+            losses = phase_heads.relabelled(model.losses, heads.enter(plan) if heads else None, env.device)
             results.append(
                 train(
                     trained,
-                    model.losses,
+                    losses,
                     batches,
                     optimizer,
                     scheduler,
@@ -328,6 +337,7 @@ def _run(
     if board is not None:
         board.close()
     result = combine_results(results, start_step)
+    num_classes = heads.finish() if heads else training.num_classes  # the kept model's classifier
     log(f"trained {result.iterations} steps in {result.seconds:.1f} s ({precision})")
     watch.at(2 * total + 2, "gathering the GPU figures")
     gpu, peak = gather_gpu_figures(gpu_sampler.figures(since=result.measured_from), peak_memory(env.device))
@@ -341,7 +351,7 @@ def _run(
         info = artefact.describe(
             cell,
             model,
-            num_classes=training.num_classes,
+            num_classes=num_classes,
             input_size=size,
             trained=dataclasses.asdict(trained_figures),
             train_fingerprint=train_fp,

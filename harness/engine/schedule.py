@@ -41,6 +41,8 @@ class PhasePlan:
     unit: int  # steps per unit of warmup and milestones: 1 for iterations, steps per epoch for epochs
     lr: float
     input_size: tuple[int, int]
+    classifier: str = "keep"  # "new": the phase trains a new identity classifier (harness/engine/heads.py)
+    classifier_lr: float | None = None  # the classifier's lr in the phase (None: `lr`)
 
     @property
     def end(self) -> int:
@@ -64,7 +66,7 @@ def plan(config: TrainConfig, steps_per_epoch: int | Callable[[str], int]) -> tu
         steps, unit = (phase.iterations, 1) if phase.iterations is not None else (phase.epochs * epoch, epoch)
         size = tuple(phase.input_size) if phase.input_size is not None else config.input_size
         lr = phase.lr if phase.lr is not None else config.lr
-        plans.append(PhasePlan(index, phase.on, start, steps, unit, lr, size))
+        plans.append(PhasePlan(index, phase.on, start, steps, unit, lr, size, phase.classifier, phase.classifier_lr))
         start += steps
     return tuple(plans)
 
@@ -97,12 +99,14 @@ def factor(config: TrainConfig, step: int, steps: int, unit: int) -> float:
     raise ValueError(f"unknown schedule {config.schedule!r}; supported: {', '.join(SCHEDULES)}")
 
 
-def lr_lambda(config: TrainConfig, plans: tuple[PhasePlan, ...]) -> Callable[[int], float]:
-    """The multiplier of `[train] lr` (the optimizer's base lr) at each global step, for LambdaLR."""
+def lr_lambda(config: TrainConfig, plans: tuple[PhasePlan, ...], *, classifier: bool = False) -> Callable[[int], float]:
+    """The multiplier of `[train] lr` (the optimizer's base lr) at each global step, for LambdaLR;
+    with `classifier`, of the identity classifier's lr (a phase's `classifier_lr`, else its lr)."""
 
     def at(step: int) -> float:
         p = phase_at(plans, step)
-        ratio = 1.0 if p.lr == config.lr else p.lr / config.lr  # the parser makes [train] lr > 0 when phases differ
+        lr = p.classifier_lr if classifier and p.classifier_lr is not None else p.lr
+        ratio = 1.0 if lr == config.lr else lr / config.lr  # the parser makes [train] lr > 0 when phases differ
         return ratio * factor(config, step - p.start, p.steps, p.unit)
 
     return at

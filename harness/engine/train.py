@@ -72,16 +72,20 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, config: TrainConfig, groups: list[list[nn.Parameter]] | None = None
+) -> torch.optim.Optimizer:
     """Adam or SGD; fused kernels when every parameter is on a GPU. On the CPU torch's default
-    (one tensor at a time), which measured faster there than the multi-tensor (foreach) one."""
+    (one tensor at a time), which measured faster there than the multi-tensor (foreach) one.
+    `groups`: parameter groups, each scheduled by its own lambda (harness/engine/heads.py)."""
     params = [p for p in model.parameters() if p.requires_grad]
     speed = {"fused": True} if params and all(p.is_cuda for p in params) else {}
+    wanted = [{"params": group} for group in groups] if groups else params
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, **speed)
+        return torch.optim.Adam(wanted, lr=config.lr, weight_decay=config.weight_decay, **speed)
     if config.optimizer == "sgd":
         return torch.optim.SGD(
-            params,
+            wanted,
             lr=config.lr,
             momentum=config.momentum,
             weight_decay=config.weight_decay,
@@ -95,10 +99,14 @@ def build_scheduler(
     optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int | Callable[[str], int]
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Each phase's linear warm-up then step, cosine or exponential decay (harness/engine/schedule.py),
-    stepped every iteration. `steps_per_epoch`: a number, or a function of a phase's `on`."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, schedule.lr_lambda(config, schedule.plan(config, steps_per_epoch))
-    )
+    stepped every iteration. `steps_per_epoch`: a number, or a function of a phase's `on`. With two
+    parameter groups (harness/engine/heads.py) the second is the identity classifier, at the phases'
+    classifier_lr."""
+    plans = schedule.plan(config, steps_per_epoch)
+    lambdas = [schedule.lr_lambda(config, plans)]
+    if len(optimizer.param_groups) == 2:
+        lambdas.append(schedule.lr_lambda(config, plans, classifier=True))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas if len(lambdas) > 1 else lambdas[0])
 
 
 def train(

@@ -8,6 +8,7 @@ from harness.spec.parse import load_spec, parse_combinations
 from harness.spec.schema import (
     ID_VERSION,
     NORMALIZE,
+    PHASE_CLASSIFIERS,
     PHASE_DATASETS,
     PRECISIONS,
     SCHEDULES,
@@ -29,6 +30,7 @@ from harness.spec.schema import (
 __all__ = [
     "ID_VERSION",
     "NORMALIZE",
+    "PHASE_CLASSIFIERS",
     "PHASE_DATASETS",
     "PRECISIONS",
     "SCHEDULES",

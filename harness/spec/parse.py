@@ -29,6 +29,7 @@ from harness.spec.schema import (
     LAUNCHER_VARIABLES,
     MOVED_TO_METHOD_OPTIONS,
     NORMALIZE,
+    PHASE_CLASSIFIERS,
     PHASE_DATASETS,
     PLACEMENT_STRATEGIES,
     PRECISIONS,
@@ -376,6 +377,14 @@ class _SpecParser:
                 "finetune: its [grid] finetune_datasets target)",
                 "on",
             )
+        if p.classifier not in PHASE_CLASSIFIERS:
+            fail(
+                f"unknown classifier = {p.classifier!r}; {closest(p.classifier, PHASE_CLASSIFIERS)} (keep: the "
+                "model's classifier trains on; new: a new one for the identities of the phase's dataset)",
+                "classifier",
+            )
+        if p.classifier_lr is not None and not p.classifier_lr > 0:
+            fail("classifier_lr must be positive", "classifier_lr")
         return dataclasses.replace(
             p, input_size=p.input_size or train.input_size, lr=train.lr if p.lr is None else p.lr
         )

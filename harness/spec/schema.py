@@ -48,6 +48,7 @@ _NOT_IDENTITY = frozenset(
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("step", "cosine", "exponential", "poly")  # see harness/engine/schedule.py
 PHASE_DATASETS = ("train", "finetune")  # what a [[train.phases]] entry trains on (`on`)
+PHASE_CLASSIFIERS = ("keep", "new")  # a [[train.phases]] entry's identity classifier (harness/engine/heads.py)
 EPOCH_UNITS = ("images", "identities")  # what an epoch passes over (harness/data/sampler.py, epoch_steps)
 SAMPLERS = ("pk", "uniform")  # how a global batch is drawn: P identities x K images, or P·K images uniformly
 RERANK_DISTANCES = ("squared", "euclidean")  # what k-reciprocal re-ranking is given (harness/eval/score.py)
@@ -65,6 +66,7 @@ LAUNCHER_VARIABLES = (
 )
 # [train] keys added after ID_VERSION 1: left out of a cell's identity while at these defaults, so
 # the ids of cells that do not use them stay as they were.
+_LATER_PHASE_KEYS = {"classifier": "keep", "classifier_lr": None}  # [[train.phases]] keys added later
 _LATER_TRAIN_KEYS = {
     "schedule": "step",
     "exp_decays": 10,
@@ -91,6 +93,9 @@ class Phase:
     It trains for `iterations` or `epochs` on `on` (the cell's training set, or its fine-tuning
     target) at `input_size` with the schedule restarted at `lr`. The parser fills input_size and lr
     from [train] when a phase leaves them out, so a cell's id holds the resolved values.
+    `classifier = "new"` trains a freshly initialised identity classifier sized to the phase's
+    dataset from this phase on, and `classifier_lr` is the classifier's own lr in the phase
+    (harness/engine/heads.py); a cell's id holds them only when set.
     """
 
     iterations: int | None = None
@@ -98,6 +103,8 @@ class Phase:
     input_size: tuple[int, int] | None = None
     lr: float | None = None
     on: str = "train"
+    classifier: str = "keep"  # keep: the model's classifier trains on | new: a new one for this phase's identities
+    classifier_lr: float | None = None  # the classifier's lr in this phase (None: the phase's lr)
 
 
 @dataclass(frozen=True)
@@ -278,6 +285,12 @@ class Cell:
         }
         if not self.train.counts_epochs or train["epoch_unit"] == _ID_EPOCH_UNIT:
             del train["epoch_unit"]
+        for phase in train.get(
+            "phases", ()
+        ):  # the per-phase classifier keys came later: unset, they leave ids as they were
+            for key, unset in _LATER_PHASE_KEYS.items():
+                if phase[key] == unset:
+                    del phase[key]
         return {
             "id_version": ID_VERSION,
             "method": self.method,

@@ -11,6 +11,7 @@ from harness import data
 from harness.data.cues import check_files, check_names, split_ref, stored_cues
 from harness.data.published import PUBLISHED
 from harness.errors import UserError
+from harness.splits import split_of
 
 MAX_LISTED = 20  # problems listed per cue; the rest are counted
 
@@ -101,7 +102,7 @@ def _check(args: argparse.Namespace) -> int:
 
 def counts_table(dataset: data.ReidData) -> str:
     """Identities, images and cameras per split, beside the published counts ('!' marks a difference)."""
-    published = PUBLISHED.get(dataset.name, {})
+    published = PUBLISHED.get(split_of(dataset.name)[0], {})  # every classic CUHK03 split has the same counts
     rows, differ = [], False
     for split, samples in (("train", dataset.train), ("query", dataset.query), ("gallery", dataset.gallery)):
         ids, images = len({s.pid for s in samples}), len(samples)

@@ -6,7 +6,8 @@ the same layout (with exact cue maps), so that everything runs without the real 
 name of its evaluation protocol (see harness.eval.metrics).
 
 Registered names: market1501, dukemtmc, cuhk03-labeled, cuhk03-detected (767/700 protocol),
-cuhk03-labeled-classic, cuhk03-detected-classic (classic split 0 of 20), cuhk01 (485/486, split seed
+cuhk03-labeled-classic, cuhk03-detected-classic (classic split 0 of 20; split k is
+cuhk03-labeled-classic-split<k>, harness/splits.py), cuhk01 (485/486, split seed
 0), msmt17 (V1 or V2), occluded-reid (test only), folder (a generic query/gallery layout) and crowd-reid
 (GASM's Crowd-REID test set, in the folder layout); and six sets SPReID only trains on, read whole as
 a train split: 3dpes, cuhk02, prid (2011, single-shot), psdb (CUHK-SYSU, cropped to its training
@@ -15,6 +16,7 @@ persons), shinpuhkan and viper (`has_test_split` is false for them).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,7 @@ from harness.data import (
     viper,
 )
 from harness.errors import UserError, closest
+from harness.splits import split_of
 
 
 @dataclass(frozen=True)
@@ -89,13 +92,19 @@ _LAYOUTS: dict[str, _Layout] = {
 
 
 def dataset_names() -> list[str]:
+    """The registered names; a dataset of several splits also answers to its splits' names
+    (harness/splits.py: "cuhk03-labeled-classic-split3"), listed by split_names()."""
     return sorted(_LAYOUTS)
 
 
 def _layout(name: str) -> _Layout:
-    if name not in _LAYOUTS:
+    base, split = split_of(name)
+    if base not in _LAYOUTS:
         raise UserError(f"unknown dataset {name!r}; {closest(name, _LAYOUTS)}")
-    return _LAYOUTS[name]
+    if split:  # the classic CUHK03 names: split k of the release's 20
+        kind = base.removeprefix("cuhk03-").removesuffix("-classic")
+        return dataclasses.replace(_LAYOUTS[base], read=lambda root: cuhk03.read_classic(root, kind, split))
+    return _LAYOUTS[base]
 
 
 def protocol(name: str) -> str:

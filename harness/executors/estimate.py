@@ -33,6 +33,7 @@ from harness.data.sampler import epoch_steps
 from harness.data.union import members
 from harness.engine import schedule
 from harness.spec import Cell, Resources, SlurmConfig
+from harness.splits import split_of
 from harness.store import Store
 
 PRIOR_FILE = Path(__file__).with_name("gpu_prior.csv")
@@ -61,7 +62,7 @@ def train_steps(cell: Cell) -> list[tuple[int, tuple[int, int]]] | None:
     for on, name in sizes.items():
         if name is None:
             continue
-        known = [PUBLISHED.get(member, {}) for member in members(name)]
+        known = [PUBLISHED.get(split_of(member)[0], {}) for member in members(name)]
         if all(k.get("train_ids") and k.get("train_images") for k in known):
             counts[on] = (sum(k["train_images"] for k in known), sum(k["train_ids"] for k in known))
     needs = {p.on for p in schedule.phases(cell.train) if p.epochs is not None}

@@ -24,6 +24,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from harness.splits import split_in
+
 
 @dataclass(frozen=True, order=True)
 class Identity:
@@ -59,6 +61,12 @@ def row_train_dataset(row: dict) -> str:
     if "+" in train and test in train.split("+"):
         return test
     return train
+
+
+def row_split(row: dict) -> int:
+    """The dataset split a row measures (harness/splits.py; 0 for a dataset of one split)."""
+    target = finetune_target(json.loads(row.get("config") or "{}"))
+    return split_in(row["train_dataset"], row["test_dataset"], target)
 
 
 def finetune_target(config: dict) -> str | None:

@@ -13,8 +13,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from harness.report.mapping import AP_NAMES, Identity, identity, paper_ap, row_train_dataset, store_metric
+from harness.report.mapping import (
+    AP_NAMES,
+    Identity,
+    identity,
+    paper_ap,
+    row_split,
+    row_train_dataset,
+    store_metric,
+)
 from harness.report.reference import RefCell, TableSpec, reference_cells
+from harness.splits import unsplit
 
 DATASET_NAMES = {
     "market1501": "Market-1501",
@@ -60,6 +69,7 @@ class Measure:
     std: float | None
     n: int
     synthetic: bool
+    splits: int = 1  # the dataset splits (harness/splits.py) each seed's number averages
 
 
 @dataclass(frozen=True)
@@ -175,12 +185,12 @@ def index_rows(rows: Iterable[dict[str, Any]]) -> dict[Identity, list[dict[str, 
     for r in rows:
         if r.get("weights"):
             continue
-        key = Identity(
+        key = Identity(  # the splits of one dataset (harness/splits.py) measure one number together
             r["method"],
             r["variant"],
             r["backbone"],
-            row_train_dataset(r),
-            r["test_dataset"],
+            unsplit(row_train_dataset(r)),
+            unsplit(r["test_dataset"]),
             r["protocol"],
             bool(r["rerank"]),
         )
@@ -191,22 +201,33 @@ def index_rows(rows: Iterable[dict[str, Any]]) -> dict[Identity, list[dict[str, 
 def fingerprint_conflict(rows: list[dict[str, Any]]) -> str | None:
     """Why rows of one table cell must not be averaged: they were measured on different copies of a
     dataset of the same name (harness/data/fingerprint.py), naming the rows that differ; else None."""
+    by_split: dict[int, list[dict]] = defaultdict(list)  # each split of a dataset is a copy of its own
+    for r in rows:
+        by_split[row_split(r)].append(r)
     for column, what in (("test_fingerprint", "test dataset"), ("train_fingerprint", "training dataset")):
-        seen: dict[str, list[dict]] = defaultdict(list)
-        for r in rows:
-            if r.get(column):
-                seen[r[column]].append(r)
-        if len(seen) > 1:
-            groups = "; ".join(
-                f"cell(s) {', '.join(sorted({r['cell_id'] for r in group}))} (seed(s) "
-                f"{', '.join(map(str, sorted({r['seed'] for r in group})))}): {fp}"
-                for fp, group in seen.items()
-            )
-            name = rows[0]["test_dataset"] if column == "test_fingerprint" else rows[0]["train_dataset"]
-            return (
-                f"not averaged: the rows of {rows[0]['method']}:{rows[0]['variant']} on {rows[0]['backbone']} were "
-                f"measured on different copies of {what} {name} (fingerprints differ): {groups}"
-            )
+        for of_split in by_split.values():
+            conflict = _conflict(of_split, column, what)
+            if conflict:
+                return conflict
+    return None
+
+
+def _conflict(rows: list[dict[str, Any]], column: str, what: str) -> str | None:
+    seen: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r.get(column):
+            seen[r[column]].append(r)
+    if len(seen) > 1:
+        groups = "; ".join(
+            f"cell(s) {', '.join(sorted({r['cell_id'] for r in group}))} (seed(s) "
+            f"{', '.join(map(str, sorted({r['seed'] for r in group})))}): {fp}"
+            for fp, group in seen.items()
+        )
+        name = rows[0]["test_dataset"] if column == "test_fingerprint" else rows[0]["train_dataset"]
+        return (
+            f"not averaged: the rows of {rows[0]['method']}:{rows[0]['variant']} on {rows[0]['backbone']} were "
+            f"measured on different copies of {what} {name} (fingerprints differ): {groups}"
+        )
     return None
 
 
@@ -218,12 +239,16 @@ def measure(rows: list[dict[str, Any]], metric: str) -> tuple[Measure | None, bo
     chosen = real or synthetic
     if not chosen or fingerprint_conflict(chosen):
         return None, False
-    per_seed: dict[int, list[float]] = defaultdict(list)
-    for r in chosen:  # several rows of one seed (e.g. from two grids) count once, averaged
-        per_seed[r["seed"]].append(100.0 * r[metric])
-    values = [statistics.fmean(v) for _, v in sorted(per_seed.items())]
+    per_seed: dict[int, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in chosen:  # several rows of one seed and split (e.g. from two grids) count once, averaged
+        per_seed[r["seed"]][row_split(r)].append(100.0 * r[metric])
+    # A seed's number is the mean over its splits (CUHK03's classic protocol reports the mean of 20).
+    values = [statistics.fmean(statistics.fmean(v) for v in splits.values()) for _, splits in sorted(per_seed.items())]
     std = statistics.stdev(values) if len(values) > 1 else None
-    return Measure(statistics.fmean(values), std, len(values), synthetic=not real), bool(real and synthetic)
+    splits = len({row_split(r) for r in chosen})
+    return Measure(statistics.fmean(values), std, len(values), synthetic=not real, splits=splits), bool(
+        real and synthetic
+    )
 
 
 def build_table(
@@ -295,6 +320,11 @@ def _cell(ref: RefCell, index, footnotes: list[str], counts, distances: set[str]
         if text not in footnotes:
             footnotes.append(text)
         footnote = footnotes.index(text) + 1
+    if result is not None and result.splits > 1:
+        text = f"ours: the mean over {result.splits} splits of the dataset (harness/splits.py), per seed"
+        if text not in footnotes:
+            footnotes.append(text)
+        footnote = footnote or footnotes.index(text) + 1
     return Cell(ref.value, found, result, footnote)
 
 

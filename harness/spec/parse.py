@@ -50,6 +50,7 @@ from harness.spec.schema import (
     split_method,
 )
 from harness.spec.values import BadValue, check_slurm, coerce_dataclass, freeze, locate, option_type_problem
+from harness.splits import SPLITS, split_name, split_names, split_of
 from methods import method_builder, method_names, method_variants, uses_triplet
 from methods.backbones import backbone_names
 
@@ -59,7 +60,16 @@ MAX_SEED = 2**40  # seed * 1000 + rank, and seed + 1_000_003 * phase, stay far i
 # Sizes above these are typos far more often than plans; [resources] allow_large = true allows them.
 MAX_ITERATIONS, MAX_EPOCHS, MAX_INPUT_SIDE, MAX_WORLD_SIZE, MAX_SYNTHETIC_IDS = 10_000_000, 100_000, 2048, 4096, 100_000
 
-_GRID_KEYS = ("name", "methods", "backbones", "train_datasets", "test_datasets", "finetune_datasets", "seeds")
+_GRID_KEYS = (
+    "name",
+    "methods",
+    "backbones",
+    "train_datasets",
+    "test_datasets",
+    "finetune_datasets",
+    "seeds",
+    "splits",
+)
 _TOP_TABLES = (
     "grid",
     "train",
@@ -139,7 +149,7 @@ class _SpecParser:
         method_variants = [self._method(entry) for entry in methods]
         for backbone in backbones:
             self._check_name(backbone, backbone_names(), "backbone", table="grid", key="backbones")
-        known = dataset_names()
+        known = [*dataset_names(), *split_names()]
         union_members = {name: self._members(name, known) for name in dict.fromkeys(train_sets)}
         for key, names in (("test_datasets", test_sets), ("finetune_datasets", finetune_sets)):
             for dataset in dict.fromkeys(names):
@@ -163,6 +173,7 @@ class _SpecParser:
         self._check_split(train, resources)
         synthetic = self._dataclass(SyntheticConfig, "synthetic")
         datasets = self._datasets(known)
+        splits = self._splits(grid, [*union_members.values(), finetune_sets, test_sets])
 
         cells = []
         for (method, variant), backbone, train_set, finetune, seed in itertools.product(
@@ -172,23 +183,25 @@ class _SpecParser:
             tests = (
                 tuple(test_sets) if test_sets else self._default_tests(train_set, union_members[train_set], finetune)
             )
-            used = dict.fromkeys((*union_members[train_set], *([finetune] if finetune else []), *tests))
-            cells.append(
-                Cell(
-                    grid=name,
-                    method=method,
-                    variant=variant,
-                    backbone=backbone,
-                    train_dataset=train_set,
-                    test_datasets=tests,
-                    seed=seed,
-                    train=train,
-                    datasets=tuple(datasets.get(d, DatasetConfig(d)) for d in used),
-                    synthetic=synthetic,
-                    finetune_dataset=finetune,
-                    method_options=options.get(method, ()),
+            used = (*union_members[train_set], *([finetune] if finetune else []), *tests)
+            for split in range(splits if any(d in SPLITS for d in used) else 1):
+                named = _in_split(split)  # split k of every split dataset of the cell, the others as they are
+                cells.append(
+                    Cell(
+                        grid=name,
+                        method=method,
+                        variant=variant,
+                        backbone=backbone,
+                        train_dataset=named(train_set),
+                        test_datasets=tuple(map(named, tests)),
+                        seed=seed,
+                        train=train,
+                        datasets=tuple(_dataset_config(datasets, named(d)) for d in dict.fromkeys(used)),
+                        synthetic=synthetic,
+                        finetune_dataset=named(finetune) if finetune else None,
+                        method_options=options.get(method, ()),
+                    )
                 )
-            )
         seen: dict[str, Cell] = {}
         for cell in cells:
             if cell.id in seen:
@@ -257,6 +270,39 @@ class _SpecParser:
         return split_method(str(methods[0]))[0]
 
     # -- pieces ---------------------------------------------------------------------------------
+
+    def _splits(self, grid: dict, names: list) -> int:
+        """[grid] splits = N: N cells for each cell whose datasets are published with several splits
+        (harness/splits.py), split 0 to N - 1; 1 (the default): split 0 alone."""
+        splits = self._value(grid, "grid", "splits", int, default=1)
+        if "splits" not in grid:
+            return 1
+        used = {d for group in names for d in group}
+        split = sorted(d for d in used if d in SPLITS)
+        named = sorted(d for d in used if d in split_names())
+        if named:
+            self._fail(
+                f"splits = {splits} runs every split itself; name the dataset ({split_of(named[0])[0]!r}), "
+                f"not one of its splits ({named[0]!r})",
+                table="grid",
+                key="splits",
+            )
+        if not split:
+            self._fail(
+                f"splits = {splits}, but no dataset of the grid is published with several splits "
+                f"({', '.join(SPLITS)}); remove splits",
+                table="grid",
+                key="splits",
+            )
+        most = min(SPLITS[d] for d in split)
+        if not 1 <= splits <= most:
+            self._fail(
+                f"splits must be from 1 to {most} ({split[0]} is published with {SPLITS[split[0]]} splits)",
+                table="grid",
+                key="splits",
+                value=str(splits),
+            )
+        return splits
 
     def _default_tests(self, train_set: str, parts: tuple[str, ...], finetune: str | None) -> tuple[str, ...]:
         """Without test_datasets: the fine-tuning target, else the members that have a test split."""
@@ -899,3 +945,20 @@ def _group_key(cell: Cell) -> str:
         k: v for k, v in cell.identity().items() if k not in ("method", "variant", "backbone", "train", "model")
     }
     return json.dumps({**identity, "test_datasets": sorted(cell.test_datasets)}, sort_keys=True)
+
+
+def _in_split(split: int):
+    """A dataset name or union with each split dataset replaced by its split `split`'s name."""
+
+    def named(name: str) -> str:
+        return "+".join(split_name(part, split) if part in SPLITS else part for part in name.split("+"))
+
+    return named if split else (lambda name: name)
+
+
+def _dataset_config(datasets: dict[str, DatasetConfig], name: str) -> DatasetConfig:
+    """A dataset's [datasets] table; a split's is its dataset's (the same files), under the split's name."""
+    if name in datasets:
+        return datasets[name]
+    base = split_of(name)[0]
+    return dataclasses.replace(datasets[base], name=name) if base in datasets else DatasetConfig(name)

@@ -5,6 +5,7 @@ Layout under the store's root (``results/`` by default):
     rows/<cell id>/published.json                      which run's rows are the cell's (see below)
     rows/<cell id>/<run id>/<test dataset>.<plain|rerank>.parquet   one row each
     profiles/<profile id>.parquet                      one throughput/GPU profile row each
+    parsing/<model id>-<split>.parquet                 one human-parsing result (SPReID Table 1) each
     cells/<cell id>/state.json                         running, done or failed (with the reason)
     cells/<cell id>/lease.json                         which live run holds the cell (harness/lease.py)
     cells/<cell id>/logs/                              the processes' logs
@@ -124,6 +125,41 @@ SCHEMA = pa.schema(
 )
 
 
+# A human-parsing row: SPReID's parsing model (`reidbench parsing eval --store`) scored on a LIP
+# split, SPReID Table 1's metrics as fractions like every other metric. Its identity columns are a
+# result row's, so a report looks it up as it looks up a cell's (method "spreid-parsing", variant its
+# ASPP form, trained on "lip", tested on "lip-<split>", protocol "lip"); `cell_id` is the model's id
+# (a hash of its file), in the place of a cell's.
+PARSING_SCHEMA_VERSION = 1
+PARSING_SCHEMA = pa.schema(
+    [
+        ("schema_version", pa.int32()),
+        ("cell_id", pa.string()),
+        ("method", pa.string()),
+        ("variant", pa.string()),
+        ("backbone", pa.string()),
+        ("train_dataset", pa.string()),
+        ("test_dataset", pa.string()),
+        ("protocol", pa.string()),
+        ("rerank", pa.bool_()),
+        ("seed", pa.int64()),
+        ("synthetic", pa.bool_()),
+        ("overall_acc", pa.float64()),
+        ("mean_acc", pa.float64()),
+        ("mean_iou", pa.float64()),
+        ("num_images", pa.int64()),
+        ("input_height", pa.int32()),
+        ("input_width", pa.int32()),
+        ("config", pa.string()),  # JSON: the model file, its recipe, the LIP root
+        ("train_fingerprint", pa.string()),
+        ("test_fingerprint", pa.string()),
+        ("weights", pa.string()),  # always null: a model reidbench trained
+        ("git_sha", pa.string()),
+        ("finished_at", pa.string()),
+    ]
+)
+
+
 # A profile row: how fast one (method, variant, backbone) trains and infers on one device set-up,
 # and how busy it keeps the GPUs. `reidbench profile` writes them (source "profile"), and so do
 # training cells (source "training", with their cell id). The GPU columns are null without an
@@ -181,6 +217,7 @@ PROFILE_SCHEMA = pa.schema(
 class StoreContents:
     rows: list[dict[str, Any]] = field(default_factory=list)
     profiles: list[dict[str, Any]] = field(default_factory=list)
+    parsing: list[dict[str, Any]] = field(default_factory=list)  # PARSING_SCHEMA rows
     problems: list[str] = field(default_factory=list)  # files that were skipped, and why
 
 
@@ -417,9 +454,17 @@ class Store:
         """Write one profile row (PROFILE_SCHEMA) atomically; the same profile id overwrites."""
         return _write_one(self.profile_path(row.get("profile_id")), row, PROFILE_SCHEMA, "profile row")
 
+    def parsing_path(self, model_id: str, split: str) -> Path:
+        return self.root / "parsing" / f"{model_id}-{split}.parquet"
+
+    def write_parsing(self, row: dict[str, Any]) -> Path:
+        """Write one human-parsing row (PARSING_SCHEMA) atomically; the same model and split overwrite."""
+        split = row["test_dataset"].removeprefix("lip-")
+        return _write_one(self.parsing_path(row["cell_id"], split), row, PARSING_SCHEMA, "parsing row")
+
     def read(self, *, methods: Iterable[str] | None = None, grids: Iterable[str] | None = None) -> StoreContents:
         """Every published result row (of the given methods and grids; default all) and every
-        profile row, and a note for each file that was skipped.
+        profile and human-parsing row, and a note for each file that was skipped.
 
         Cells with a ``published.json`` or schema-1 rows are read file by file (cell_rows); the
         compacted ones a segment at a time, with the filters pushed down to the Parquet reader.
@@ -457,6 +502,9 @@ class Store:
         contents.rows.sort(key=lambda r: (r["cell_id"], str((r["test_dataset"], r["rerank"]))))
         profiles = self.read_profiles()
         contents.profiles, contents.problems = profiles.profiles, contents.problems + profiles.problems
+        if keep["method"] is None or "spreid-parsing" in keep["method"]:
+            for path in sorted(self.root.glob("parsing/*")):
+                contents.parsing.extend(_read_one(path, contents.problems, (PARSING_SCHEMA_VERSION,), PARSING_SCHEMA))
         return contents
 
     def read_profiles(self) -> StoreContents:

@@ -24,6 +24,7 @@ from harness.data.transforms import CueTransform
 from harness.errors import UserError
 from harness.human_parsing.metrics import confusion_matrix, parsing_scores
 from harness.human_parsing.run import LipImages, Recipe, load, lr_factor, train, write_cues
+from harness.store import Store
 from methods.spreid_parsing import ASPP_RATES, _GridReduction, build_parsing_net
 from tests import helpers
 
@@ -304,6 +305,14 @@ def test_train_eval_and_write_cues_end_to_end(tmp_path):
     }
     assert set(scores) == {"overall acc.", "mean acc.", "mean IoU"} and all(0 <= v <= 100 for v in scores.values())
     assert "at 64x32" in out  # the model's own training size by default
+
+    # SPReID Table 1's "Ours" row: the scores land in the store and the report shows them (marked synthetic)
+    (row,) = Store(tmp_path / "results").read(methods={"spreid-parsing"}).parsing
+    assert (row["variant"], row["test_dataset"], row["synthetic"], row["seed"]) == ("authors", "lip-val", True, 0)
+    assert row["mean_iou"] * 100 == pytest.approx(scores["mean IoU"], abs=0.006)
+    reidbench("report", "--paper", "spreid", "--table", "1", "--format", "md", "--out", "report")
+    ours = next(line for line in (tmp_path / "report" / "spreid-table1.md").read_text().splitlines() if "Ours" in line)
+    assert f"{scores['overall acc.']:.2f}" in ours and f"{scores['mean IoU']:.2f}" in ours and "85.07" in ours
 
     reid = tmp_path / "reid"
     reidbench("data", "synth", "market1501", str(reid), "--ids", "4")

@@ -134,7 +134,7 @@ def _parser() -> argparse.ArgumentParser:
     add_catalogue_parsers(sub)
     from harness.cli.parsing import add_parser as add_parsing_parser
 
-    add_parsing_parser(sub)
+    add_parsing_parser(sub, DEFAULT_STORE)
     from harness.cli.store import add_parser as add_store_parser
 
     add_store_parser(sub, DEFAULT_STORE)

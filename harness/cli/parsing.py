@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 from pathlib import Path
 
 from harness.data.cues import SOURCE_PATTERN, cue_ref
@@ -19,7 +20,7 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def add_parser(sub) -> None:
+def add_parser(sub, store: str) -> None:
     group = sub.add_parser(
         "parsing",
         help="SPReID's human parsing model: train on LIP, evaluate, write parsing cues",
@@ -83,6 +84,13 @@ def add_parser(sub) -> None:
     score.add_argument("--root", type=Path, required=True, help="the LIP root")
     score.add_argument("--split", default="val", choices=("val", "train"))
     score.add_argument("--input-size", type=_size, metavar="HxW", help="default: the size the model was trained at")
+    score.add_argument(
+        "--store",
+        default=store,
+        metavar="PATH",
+        help=f'the result store the scores are written to, SPReID Table 1\'s "Ours" row (default: {store}/)',
+    )
+    score.add_argument("--no-store", dest="store", action="store_const", const=None, help="print the scores only")
     common(score, 8)
     score.set_defaults(command=_eval)
 
@@ -157,6 +165,20 @@ def _eval(args: argparse.Namespace) -> int:
     print(f"LIP {args.split} ({args.root}), {args.model} at {size[0]}x{size[1]}:")
     for name, label in zip(METRICS, ("overall acc.", "mean acc.", "mean IoU")):
         print(f"  {label:<13} {scores[name]:6.2f} %")
+    if args.store is not None:
+        from harness.human_parsing.rows import parsing_row
+        from harness.store import Store
+
+        row = parsing_row(
+            args.model,
+            asdict(recipe),
+            seed=recipe.seed,
+            root=args.root,
+            split=args.split,
+            input_size=size,
+            scores=scores,
+        )
+        print(f"written to the store: {Store(args.store).write_parsing(row)} (SPReID Table 1, `reidbench report`)")
     return 0
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +58,7 @@ class Recipe:
     gamma: float = 0.9
     flip: float = 0.5
     aspp: str = "authors"  # the ASPP's form (methods/spreid_parsing.py): the authors' code's, or the paper's sentence
+    seed: int = 0  # the initialisation and batch order (train's `seed` is written here when the model is saved)
 
 
 class LipImages(Dataset):
@@ -202,7 +203,7 @@ def train(
                 f"parsing: step {done}/{recipe.iterations} loss {value:.4f} "
                 f"lr {optimizer.param_groups[0]['lr']:.2e} {rate:.1f} img/s"
             )
-    save(model, out, recipe, pretrained=pretrained)
+    save(model, out, replace(recipe, seed=seed), pretrained=pretrained)
     resume.unlink(missing_ok=True)
     log(f"parsing: model written to {out}")
     return model

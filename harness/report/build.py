@@ -58,7 +58,7 @@ def write_report(
         problems=contents.problems, notes=[_relative(p, store.root) for p in contents.problems], store=store.root
     )
     rows, profiles = contents.rows, contents.profiles
-    index = index_rows(rows)  # once for every table
+    index = index_rows([*rows, *contents.parsing])  # once for every table; SPReID Table 1 reads the parsing rows
     per_paper = {
         p: [build_table(s, rows, index=index) for s in table_specs(p) if table is None or s.number == table]
         for p in papers

@@ -45,6 +45,7 @@ CSV_COLUMNS = (
 )
 # The store's metric columns a published number can stand beside (LIP parsing accuracies have none).
 METRICS = ("mAP", "rank1", "rank5", "rank10", "mINP")
+PARSING_METRICS = ("overall_acc", "mean_acc", "mean_iou")  # SPReID Table 1, the store's parsing rows
 _BLOCK_BY = (None, "test_dataset", "train_dataset")
 
 
@@ -121,9 +122,10 @@ def parse_cells(text: str) -> tuple[RefCell, ...]:
             raise ValueError(
                 f"{where}: fill every one of {', '.join(STORE_COLUMNS)}, or none (no store cell measures it)"
             )
-        if any(store) and r["metric"] not in METRICS:
+        measurable = PARSING_METRICS if r["store_method"] == "spreid-parsing" else METRICS
+        if any(store) and r["metric"] not in measurable:
             raise ValueError(
-                f"{where}: metric {r['metric']!r} is not a store column ({', '.join(METRICS)}), "
+                f"{where}: metric {r['metric']!r} is not a store column ({', '.join(measurable)}), "
                 f"so no store cell can measure it; leave the store_* columns empty"
             )
         values = {**r, "table": int(r["table"]), "rerank": r["rerank"] == "true", "uncertain": r["uncertain"] == "true"}

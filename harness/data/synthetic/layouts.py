@@ -146,6 +146,9 @@ def write_lip(root: Path, *, n: int, seed: int) -> Path:
         ids[split].append(name)
     for split, names in ids.items():
         (root / lip.IMAGES / f"{split}_id.txt").write_text("".join(f"{name}\n" for name in names))
+    (root / "reidbench-synthetic.txt").write_text(
+        "A synthetic stand-in in LIP's layout, written by reidbench; not LIP.\n"
+    )
     return root
 
 

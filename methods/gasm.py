@@ -80,6 +80,7 @@ from torch import nn
 
 from methods import Cues, register_method
 from methods.backbones import create_backbone
+from methods.gasm_matching import DEFAULT_GLOBAL_WEIGHT, SpatialFile, topk_spatial_distance
 from methods.losses import batch_hard_triplet, identity_loss
 
 VARIANTS = ("baseline", "mask", "pose", "full")
@@ -103,6 +104,8 @@ class GASM(nn.Module):
         matching: str,
         grid: tuple[int, int],
         lambda_mask: float,
+        topk: int = 0,
+        global_weight: float = DEFAULT_GLOBAL_WEIGHT,
         lambda_pose: float,
         label_smoothing: float,
         triplet_margin: float,
@@ -121,6 +124,9 @@ class GASM(nn.Module):
         self.locations = self.grid[0] * self.grid[1]
         self.embedding_dim = dim if matching == "global" else dim * (self.locations + 1) + self.locations
         self.lambda_mask, self.lambda_pose = lambda_mask, lambda_pose
+        self.topk, self.global_weight = topk, global_weight
+        # top-k re-scoring with the local features on disk (harness/engine/evaluate.py evaluate_spatial)
+        self.spatial = matching == "gasm" and topk > 0
         self.label_smoothing, self.triplet_margin = label_smoothing, triplet_margin
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
@@ -176,6 +182,25 @@ class GASM(nn.Module):
                 f"(D = {self.dim}, grid {self.grid[0]}x{self.grid[1]})"
             )
         return unpack(rows, self.dim, self.locations)
+
+    def split_rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(global (N, D), local (N, L, D), heatmap (N, L)) of eval rows: what the spatial path
+        keeps in memory (global, heatmap) and writes to disk (local)."""
+        return self.unpack(rows)
+
+    def spatial_distance(
+        self,
+        q_global: torch.Tensor,
+        g_global: torch.Tensor,
+        q_heat: torch.Tensor,
+        q_file: SpatialFile,
+        g_file: SpatialFile,
+        base: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The top-k distances of methods/gasm_matching.py with this model's k and weight."""
+        return topk_spatial_distance(
+            q_global, g_global, q_heat, q_file, g_file, topk=self.topk, global_weight=self.global_weight, base=base
+        )
 
     def distance(self, query: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
         """(len(query), len(gallery)) distances between packed rows (see the module docstring)."""
@@ -277,12 +302,21 @@ def build_gasm(
     triplet_margin: float = 0.3,
     matching: str | None = None,
     grid: tuple[int, int] | list[int] = (6, 2),
+    topk: int = 0,
+    global_weight: float = DEFAULT_GLOBAL_WEIGHT,
     lambda_mask: float = 0.05,
     lambda_pose: float = 0.1,
 ) -> GASM:
     """GASM on a ResNet (any backbone with ``out_channels``). Options (``[method_options.gasm]``):
     ``matching`` ("gasm" or "global"; default "global" for the baseline, else "gasm"), ``grid``
-    (the matching grid, rows x columns, default [6, 2]), ``lambda_mask``, ``lambda_pose``."""
+    (the matching grid, rows x columns, default [6, 2]), ``topk`` (0: every pair matched in memory;
+    k: each query's top k re-scored, local features on disk, methods/gasm_matching.py),
+    ``global_weight`` (the global distance's share of a re-scored pair's), ``lambda_mask``,
+    ``lambda_pose``."""
+    if not (isinstance(topk, int) and topk >= 0):
+        raise ValueError(f"gasm: topk must be a non-negative integer (0: every pair), not {topk!r}")
+    if not 0.0 <= global_weight <= 1.0:
+        raise ValueError(f"gasm: global_weight must be from 0 to 1, not {global_weight!r}")
     matching = matching or ("global" if variant == "baseline" else "gasm")
     if matching not in MATCHINGS:
         raise ValueError(f"gasm: matching must be one of {', '.join(MATCHINGS)}, not {matching!r}")
@@ -296,6 +330,8 @@ def build_gasm(
         layers=_LAYERS[variant],
         matching=matching,
         grid=grid,
+        topk=topk,
+        global_weight=global_weight,
         lambda_mask=lambda_mask,
         lambda_pose=lambda_pose,
         label_smoothing=label_smoothing,

@@ -108,6 +108,7 @@ def topk_spatial_distance(
     memory: int = 1 << 31,
     gallery_block: int = 256,
     dtype: torch.dtype = torch.float32,
+    base: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(Nq, Ng) distances: each query's `topk` gallery images by global distance re-scored with
     ``(1 - global_weight) d_GASM + global_weight d_global``, the others ``d_global + 2``.
@@ -116,10 +117,12 @@ def topk_spatial_distance(
     local features in the two files. Peak memory beside the (Nq, Ng) result: `memory` bytes of
     query features, one gallery block and one query's best-match scores per pair. The similarities
     are computed in `dtype`: bfloat16 halves the time on CPUs with AVX512-BF16 (and the memory) at
-    about 1e-3 of distance (benchmarks/gasm_full_matching.py measures both).
+    about 1e-3 of distance (benchmarks/gasm_full_matching.py measures both). `base`: the (Nq, Ng)
+    global distance to pick the top k by and to blend with, when not the cosine distance of the
+    global features (a re-ranked one; it is overwritten).
     """
     device = q_global.device
-    dist = global_distance(q_global, g_global)
+    dist = global_distance(q_global, g_global) if base is None else base.to(device, torch.float32)
     num_q, num_g = dist.shape
     k = min(topk, num_g)
     top = torch.topk(dist, k, dim=1, largest=False).indices  # (Nq, k)

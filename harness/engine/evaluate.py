@@ -9,6 +9,7 @@ store; the caller publishes the run's rows together (store.publish) once every t
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -25,11 +26,14 @@ from harness.data.loader import shard_loader, test_transform
 from harness.data.synthetic import synthetic_root
 from harness.engine.dist import DistEnv, gather_shards
 from harness.engine.rows import Trained, result_row
-from harness.engine.train import extract_features
+from harness.engine.train import _on, extract_features
 from harness.errors import UserError
+from harness.eval.metrics import evaluate as evaluate_distances
+from harness.eval.rerank import rerank_features
 from harness.eval.score import score
 from harness.spec import Cell, DatasetConfig, Resources, SyntheticConfig
 from harness.store import Embeddings, Store
+from methods.gasm_matching import SpatialFile
 
 
 def dataset_root(config: DatasetConfig, synthetic: SyntheticConfig) -> Path:
@@ -130,6 +134,7 @@ def evaluate_tests(
             rerank_distance=ev.cell.train.rerank_distance,
             marks=marks(index, test_name) if marks else None,
             cues=cue_refs(model.test_cues, ev.cell.cue_sources()),
+            scratch=store.cell_dir(ev.cell.id) / "spatial" / ev.run_id,
         )
         if not env.is_main:
             continue
@@ -186,9 +191,12 @@ def evaluate(
     rerank_distance: str = "squared",
     marks: Marks | None = None,
     cues: tuple[str, ...] | None = None,
+    scratch: Path | None = None,
 ) -> dict[bool, tuple[dict, float]]:
     """Query and gallery features extracted in shards over ranks, then on rank 0 the metrics
     of the plain and of the k-reciprocal re-ranked distances: {rerank: (metrics, seconds)}.
+    A model with `spatial` set (GASM matching at its paper's resolution) goes through
+    evaluate_spatial instead, its local features in files under `scratch`.
 
     A model may bring its own batched distance as ``model.distance(query, gallery)``
     (see harness.eval.distance); otherwise the Euclidean distance is used. Each row's seconds
@@ -198,6 +206,11 @@ def evaluate(
     that [[combine]] can concatenate; GASM's packed rows would be 2 GB per Market test set).
     """
     start, marks = time.perf_counter(), marks or Marks()
+    if getattr(model, "spatial", False):
+        if scratch is None:
+            raise ValueError(f"{type(model).__name__} keeps its local features on disk: evaluate() needs `scratch`")
+        loader = dict(size=size, stride=stride, batch_size=batch_size, num_workers=num_workers, cues=cues)
+        return evaluate_spatial(model, test_set, env, name, root, scratch, marks=marks, **loader)
     features = extract(
         model,
         test_set,
@@ -227,6 +240,96 @@ def evaluate(
     )
     if keep is not None and metric == "euclidean":  # a method's own distance (GASM) packs what cannot be concatenated
         keep(Embeddings(*(f.float().cpu().numpy() for f in features), *labels, metric="euclidean"))
+    return results
+
+
+def evaluate_spatial(
+    model: torch.nn.Module,
+    test_set: data.ReidData,
+    env: DistEnv,
+    name: str,
+    root: Path,
+    scratch: Path,
+    *,
+    size: tuple[int, int],
+    stride: int,
+    batch_size: int,
+    num_workers: int,
+    marks: Marks | None = None,
+    cues: tuple[str, ...] | None = None,
+) -> dict[bool, tuple[dict, float]]:
+    """GASM's matching at the feature map's resolution in bounded memory (methods/gasm_matching.py).
+
+    Every rank writes the local features of its shard (model.split_rows) into two float16 files
+    under `scratch` (on the store, so ranks on other nodes write the same files), at its shard's
+    rows; the global features and heatmaps, small, are gathered as other embeddings are. Rank 0
+    then re-scores each query's top k gallery images (model.spatial_distance) and removes the files.
+    The re-ranked row re-ranks the global distance (k-reciprocal, cosine) and re-scores the top k of
+    that: GASM publishes no re-ranked number, and all-pairs spatial distances among the gallery
+    images, which re-ranking the spatial distance itself needs, are the cost the top k avoids.
+    """
+    start, marks = time.perf_counter(), marks or Marks()
+    dim, locations = model.dim, model.locations
+    files, small = [], []
+    if env.is_main:
+        scratch.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    for part, samples in enumerate((test_set.query, test_set.gallery)):
+        marks.extracting(part)
+        path = scratch / f"{name}.{('query', 'gallery')[part]}.f16"
+        if env.is_main:
+            SpatialFile(path, len(samples), locations, dim)  # sized once; every rank writes its rows
+        if env.world_size > 1:
+            torch.distributed.barrier()
+        file = SpatialFile(path, len(samples), locations, dim, create=False)
+        position = env.rank * -(-len(samples) // env.world_size)  # the first row of this rank's shard
+        loader = shard_loader(
+            samples,
+            test_transform(size, heatmap_stride=stride),
+            rank=env.rank,
+            world_size=env.world_size,
+            batch_size=batch_size,
+            num_workers=min(num_workers, 2),
+            pin_memory=env.device.type == "cuda",
+            cues=model.test_cues if cues is None else cues,
+            cue_root=root,
+        )
+        kept = []
+        with torch.no_grad():
+            for inputs, _, _, *cue in loader:
+                glob, local, heat = model.split_rows(
+                    model(inputs.to(env.device, non_blocking=True), *_on(env.device, cue))
+                )
+                file.write(position, local)
+                position += len(inputs)
+                kept.append(torch.cat([glob, heat], dim=1).float().cpu())
+        shard = torch.cat(kept) if kept else torch.empty(0, dim + locations)
+        marks.gathering(part)
+        small.append(gather_shards(shard, len(samples)))  # every rank has written its rows by now
+        files.append(file)
+    if not env.is_main:
+        return {}
+    marks.scoring()
+    extracted = time.perf_counter() - start
+    labels = labels_of(test_set)
+    (q, g), results = [t.to(env.device) for t in small], {}
+    try:
+        for rerank in (False, True):
+            begin = time.perf_counter()
+            base = None
+            if rerank:  # the global features are unit rows: cosine distances, re-ranked
+                base = torch.from_numpy(rerank_features(q[:, :dim], g[:, :dim], metric="cosine"))
+            distmat = model.spatial_distance(q[:, :dim], g[:, :dim], q[:, dim:], files[0], files[1], base=base)
+            metrics = evaluate_distances(distmat, *labels, protocol=data.protocol(name))
+            results[rerank] = (
+                {**metrics, "rerank_distance": "own" if rerank else None},
+                extracted + time.perf_counter() - begin,
+            )
+    finally:
+        for file in files:
+            file.path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            scratch.rmdir()
     return results
 
 

@@ -53,6 +53,13 @@ Choices where the paper is silent or ambiguous, with the sentence each rests on:
   DSA-Global/Local(Single)"), so these and the Joint and fused rows need the densepose cue at test.
 - CSA: "replacing the 24 DSAP-images by 24 cropped part images": the ``densepose-crops`` cue, each
   part's bounding box in the image resized to 32 x 32 (see harness/data/body_maps.py `part_crops`).
+- DSAG-Stream size: its Head is Table 1's, conv5_g "[3 x 3, 2048; 3 x 3, 2048] x 2" on the 8 merged
+  128-channel maps (1024 channels in): four 3 x 3 convolutions of 2048 channels, 1024 x 2048 x 9 +
+  3 x 2048 x 2048 x 9 = 132 M weights, plus the first block's 1 x 1 projection and conv5_l's
+  [3 x 3, 256] x 2 per part: 151 M parameters on ResNet-50, 162 M with the multi-branch sub-networks.
+  That is what the table's widths give (a ResNet-18 conv5_x at 2048 channels, where ResNet-18 has
+  512), not a slip of this code; it is training-only (inference runs the MF-Stream), but it is in
+  the kept model (749 MiB on ResNet-50).
 - Concatenation+fc: "for either branch, the features from the MF-Stream and the DSAG-Stream are
   concatenated followed by a fully connected layer": zG = W_G [fG, dG], zL = W_L [fL, dL], each a
   Linear(2C, C) with bias.

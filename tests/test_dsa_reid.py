@@ -188,6 +188,17 @@ def test_resnet50_gives_the_papers_dimensions():
     assert build("baseline", backbone="resnet50").embedding_dim == 2048
 
 
+def test_the_dsag_heads_size_is_what_table_1s_widths_give():
+    """conv5_g "[3 x 3, 2048] x 2" on 1024 channels: 151 M of the DSAG-Stream's 162 M parameters."""
+    model = build("full", backbone="resnet50")
+    convs = [m for m in model.dsag.head.global_branch.modules() if isinstance(m, torch.nn.Conv2d)]
+    three = [tuple(m.weight.shape) for m in convs if m.kernel_size == (3, 3)]
+    assert three == [(2048, 1024, 3, 3), (2048, 2048, 3, 3), (2048, 2048, 3, 3), (2048, 2048, 3, 3)]
+    head = sum(p.numel() for p in model.dsag.head.parameters())
+    assert head == pytest.approx(151.04e6, rel=1e-3)
+    assert sum(p.numel() for p in model.dsag.parameters()) == pytest.approx(162.03e6, rel=1e-3)
+
+
 def test_part_crops_are_the_parts_bounding_boxes():
     ys, xs = torch.meshgrid(torch.arange(64.0), torch.arange(32.0), indexing="ij")
     pixels = torch.stack([0.1 + 0.01 * ys, 0.2 + 0.01 * xs, 0.9 - 0.005 * (ys + xs)])  # smooth: bilinear resizes agree

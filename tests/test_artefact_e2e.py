@@ -141,7 +141,7 @@ def test_visrank_page_with_worst_queries_first_renders_in_chromium(tmp_path):
     assert len(aps) == 3 and aps == sorted(aps) and "worst first" in page and "re-ranked" in page
     report = _cli(tmp_path, "report", "--store", "store", "--out", "rep", "--format", "html")
     index = (tmp_path / "rep" / "html" / "index.html").read_text()
-    assert report.returncode == 0 and "../../store/cells/" in index and f"curve-{cell.id}.png" in index
+    assert report.returncode == 0 and "../../store/cells/" in index and f"curve-{cell.id}.svg" in index
     if shutil.which("chromium") is None:
         pytest.skip("no headless Chromium here (CI installs it: apt-get install chromium)")
     shot = tmp_path / "shot.png"

@@ -38,10 +38,8 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
 ]
 # Beyond the layers: reports read only the store.
 ONLY = {"report": {"errors", "store", "report"}}
-# Where a function-local import of our own modules is fine: the command line, for start-up time,
-# and modules that pull in a heavy optional dependency (matplotlib) only when used.
+# Where a function-local import of our own modules is fine: the command line, for start-up time.
 LOCAL_IMPORTS_ALLOWED = ("harness.cli",)
-HEAVY = ("harness.report.plots",)
 
 
 def _group(module: str) -> tuple[int, str] | None:
@@ -115,7 +113,7 @@ def _problems() -> list[str]:
                     problems.append(f"{where}: {module} imports {target}, a sibling of its own layer ({theirs[1]})")
                 if mine[1] in ONLY and theirs[1] not in ONLY[mine[1]]:
                     problems.append(f"{where}: {module} may import only {sorted(ONLY[mine[1]])}, not {target}")
-                if local and not module.startswith(LOCAL_IMPORTS_ALLOWED) and target not in HEAVY:
+                if local and not module.startswith(LOCAL_IMPORTS_ALLOWED):
                     problems.append(f"{where}: {module} imports {target} inside a function; import it at the top")
             private = [n for n in names if n.startswith("_") and not n.startswith("__")]
             if private and (imported.startswith(("harness", "methods"))) and imported != module:

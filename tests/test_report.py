@@ -9,6 +9,7 @@ import subprocess
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,6 +17,7 @@ import pytest
 from PIL import Image
 
 from harness.cli import main
+from harness.report import plots
 from harness.report.build import write_report
 from harness.report.mapping import identity
 from harness.report.reference import CSV_COLUMNS, METRICS, PAPERS, TABLES, parse_cells, parse_papers, reference_cells
@@ -464,7 +466,7 @@ def test_report_is_deterministic_to_the_byte(tmp_path):
     write_report(root, second)
     files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
-    assert Path("html/img/cmc-market1501.png") in files and Path("html/img/throughput.png") in files
+    assert Path("html/img/cmc-market1501.svg") in files and Path("html/img/throughput.svg") in files
     assert Path("html/index.html") in files and Path("gasm.tex") in files and Path("scsn.csv") in files
     for name in files:
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
@@ -479,10 +481,54 @@ def test_report_has_throughput_cross_domain_and_pictures(tmp_path):
     cross = (out / "cross-domain.md").read_text()
     assert "gasm:full on resnet50: train × test" in cross and "Crowd-REID" in cross and "40.0 syn / 30.0 syn" in cross
     index = (out / "html" / "index.html").read_text()
-    assert 'src="img/throughput.png"' in index and 'href="gasm.html"' in index
+    assert 'src="img/throughput.svg"' in index and 'href="gasm.html"' in index
     gasm = (out / "html" / "gasm.html").read_text()
-    assert 'src="img/gasm-cmc-crowd-reid.png"' in gasm and (out / "html" / "img" / "gasm-cmc-crowd-reid.png").is_file()
-    assert (out / "html" / "img" / "gasm-cmc-crowd-reid.png").read_bytes().startswith(b"\x89PNG")
+    assert 'src="img/gasm-cmc-crowd-reid.svg"' in gasm and (out / "html" / "img" / "gasm-cmc-crowd-reid.svg").is_file()
+    assert (out / "html" / "img" / "gasm-cmc-crowd-reid.svg").read_bytes().startswith(b"<svg ")
+
+
+_SVG = "{http://www.w3.org/2000/svg}"
+
+
+def _lines(path: Path) -> tuple[ElementTree.Element, dict[str, list[float]]]:
+    """The picture's axes box, and each line's label and points as flat [x1, y1, x2, y2, ...] lists."""
+    root = ElementTree.parse(path).getroot()
+    lines: dict[str, list[float]] = {}
+    for line in root.iter(f"{_SVG}polyline"):
+        points = [float(v) for point in line.get("points").split() for v in point.split(",")]
+        lines.setdefault(line.find(f"{_SVG}title").text, []).extend(points)
+    return root, lines
+
+
+def test_a_cmc_picture_draws_each_models_curve_through_its_points(tmp_path):
+    curves = {
+        "b:model resnet50": [40.0 + k for k in range(50)],
+        "a:model resnet50 [syn]": [100.0 * k / 49 for k in range(50)],
+    }
+    first = plots.cmc_plot(tmp_path / "one" / "cmc.svg", "market1501", curves)
+    second = plots.cmc_plot(tmp_path / "two" / "cmc.svg", "market1501", dict(reversed(curves.items())))
+    assert first.read_bytes() == second.read_bytes()  # the same curves, the same bytes, in any order
+    root, lines = _lines(first)
+    assert sorted(lines) == sorted(curves)
+    box = root.find(f"{_SVG}rect[@class='axes']")
+    left, top, width, height = (float(box.get(k)) for k in ("x", "y", "width", "height"))
+    for label, values in curves.items():  # rank 1 on the left edge, 50 on the right; 0 % at the bottom, 100 % on top
+        expected = [c for k, v in enumerate(values) for c in (left + k / 49 * width, top + (100 - v) / 100 * height)]
+        assert lines[label] == pytest.approx(expected, abs=0.006), label
+    colours = [line.get("stroke") for line in root.iter(f"{_SVG}polyline")]
+    assert colours == ["#1f77b4", "#d62728"]  # matplotlib's first colours, in the labels' order
+    texts = [t.text for t in root.iter(f"{_SVG}text")]
+    assert {"CMC on Market-1501", "rank", "matching rate (%)", "1", "50", "100", *curves} <= set(texts)
+
+
+def test_a_training_curve_breaks_where_a_value_is_missing(tmp_path):
+    records = [{"step": s, "id": 2.0 - s / 10, "lr": 0.001, "phase": 0} for s in range(10)]
+    records[4]["id"] = float("nan")
+    root, lines = _lines(plots.curve_plot(tmp_path / "curve.svg", "cell x", records))
+    assert len(lines["id"]) == 2 * 9 and len(lines["loss"]) == 2 * 9 and len(lines["lr"]) == 2 * 10
+    assert len([line for line in root.iter(f"{_SVG}polyline") if line.find(f"{_SVG}title").text == "id"]) == 2
+    assert len(set(lines["lr"][1::2])) == 1  # a constant learning rate: a level line, inside its axes
+    assert {"cell x", "step", "loss", "learning rate"} <= {t.text for t in root.iter(f"{_SVG}text")}
 
 
 def test_report_command_with_no_rows_writes_published_tables(tmp_path, capsys):

@@ -3,7 +3,7 @@
 Here: the plain table of measured rows that `reidbench run` prints for its grid. The papers' tables
 are in the modules beside it: `reference` (published numbers, package data) and `mapping` (which
 store identity measures which published row), `tables` and `extras` (the format-free tables),
-`render` and `html` (Markdown, LaTeX, CSV, HTML), `plots` (PNG pictures) and `build` (`reidbench report`).
+`render` and `html` (Markdown, LaTeX, CSV, HTML), `plots` (SVG pictures) and `build` (`reidbench report`).
 """
 
 from __future__ import annotations

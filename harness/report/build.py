@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import UserError, closest
-from harness.report import extras, html, render, results_table
+from harness.report import extras, html, plots, render, results_table
 from harness.report.reference import PAPER_TITLES, PAPERS, table_specs
 from harness.report.tables import PaperTable, build_table, index_rows, paper_methods
 from harness.store import Store
@@ -82,7 +82,7 @@ def write_report(
         if "html" in formats:
             mine = paper_methods(p)
             curves = extras.cmc_curves(r for r in rows if (r["method"], r["variant"], r["backbone"]) in mine)
-            images = [_cmc_image(out, f"{p}-cmc-{test}.png", test, c, outcome.files) for test, c in curves.items()]
+            images = [_cmc_image(out, f"{p}-cmc-{test}.svg", test, c, outcome.files) for test, c in curves.items()]
             write(f"html/{p}{suffix}.html", html.paper_page(p, tables, images))
     if table is None and paper == "all":
         _write_overview(out, formats, rows, profiles, outcome, write)
@@ -91,8 +91,6 @@ def write_report(
 
 def _write_overview(out: Path, formats, rows, profiles, outcome: ReportOutcome, write) -> None:
     """The pages across papers: throughput, cross-domain matrices, all CMC curves, and the index."""
-    from harness.report import plots  # matplotlib: only when pictures are drawn
-
     throughput = extras.throughput_table(profiles)
     cross = extras.cross_domain_tables(rows)
     cross_intro = (
@@ -118,11 +116,11 @@ def _write_overview(out: Path, formats, rows, profiles, outcome: ReportOutcome, 
     if "csv" in formats:
         write("throughput.csv", render.csv_simple(throughput))
     if "html" in formats:
-        bars = plots.throughput_plot(out / "html" / "img" / "throughput.png", throughput)
+        bars = plots.throughput_plot(out / "html" / "img" / "throughput.svg", throughput)
         if bars:
             outcome.files.append(bars)
         curves = extras.cmc_curves(rows)
-        images = [_cmc_image(out, f"cmc-{test}.png", test, c, outcome.files) for test, c in curves.items()]
+        images = [_cmc_image(out, f"cmc-{test}.svg", test, c, outcome.files) for test, c in curves.items()]
         summaries = {}
         for t in outcome.tables:
             summaries.setdefault(t.spec.paper, []).append(t)
@@ -138,8 +136,8 @@ def _write_overview(out: Path, formats, rows, profiles, outcome: ReportOutcome, 
             records = store.read_metrics(cell_id)
             if records:
                 title = f"cell {cell_id}: {names.get(cell_id, 'no rows yet')}"
-                outcome.files.append(plots.curve_plot(out / "html" / "img" / f"curve-{cell_id}.png", title, records))
-                curves.append((title, f"img/curve-{cell_id}.png"))
+                outcome.files.append(plots.curve_plot(out / "html" / "img" / f"curve-{cell_id}.svg", title, records))
+                curves.append((title, f"img/curve-{cell_id}.svg"))
         ranked = [
             (
                 f"cell {cell_id} ({names.get(cell_id, '')}) on {test}",
@@ -152,7 +150,7 @@ def _write_overview(out: Path, formats, rows, profiles, outcome: ReportOutcome, 
             html.index_page(
                 summaries,
                 throughput,
-                "img/throughput.png" if bars else None,
+                "img/throughput.svg" if bars else None,
                 cross,
                 images,
                 outcome.notes,
@@ -182,8 +180,6 @@ def _index_markdown(outcome: ReportOutcome) -> str:
 
 
 def _cmc_image(out: Path, name: str, test: str, curves, files: list[Path]) -> str:
-    from harness.report import plots  # matplotlib: only when pictures are drawn
-
     files.append(plots.cmc_plot(out / "html" / "img" / name, test, curves))
     return f"img/{name}"
 

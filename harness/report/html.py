@@ -1,5 +1,5 @@
 """The HTML report: an index page and one page per paper, plain files that open without a server
-(pictures are PNG files in img/ beside them, linked relatively)."""
+(pictures are SVG files in img/ beside them, linked relatively)."""
 
 from __future__ import annotations
 

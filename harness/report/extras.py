@@ -3,7 +3,7 @@ matrix for every method (as GASM Table 3 does for one)."""
 
 from __future__ import annotations
 
-import statistics
+import math
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -154,7 +154,8 @@ def cmc_curves(rows: Iterable[dict[str, Any]], ranks: int = 50) -> dict[str, dic
         real = [r for r in found if not r["synthetic"]]
         chosen = real or found
         length = min(ranks, *(len(r["cmc"]) for r in chosen))
-        mean = [100 * statistics.fmean(r["cmc"][k] for r in chosen) for k in range(length)]
+        # statistics.fmean of each rank (fsum, then / count), a column at a time: half the time
+        mean = [100 * (math.fsum(column) / len(chosen)) for column in zip(*(r["cmc"][:length] for r in chosen))]
         label = f"{method}:{variant} {backbone}" + ("" if train == test else f" (trained on {dataset_label(train)})")
         curves[test][label + ("" if real else " [syn]")] = mean
     return {test: curves[test] for test in sorted(curves, key=dataset_order)}

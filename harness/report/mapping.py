@@ -55,7 +55,11 @@ def row_train_dataset(row: dict) -> str:
     it. Other rows keep their training set.
     """
     train, test = row["train_dataset"], row["test_dataset"]
-    target = finetune_target(json.loads(row.get("config") or "{}"))
+    config = row.get("config") or "{}"
+    # Most rows fine-tune nothing: each "finetune_dataset" key of their config (json.dumps) is null.
+    # Seeing that in the text spares parsing 1 KB of JSON a row, most of index_rows' time.
+    plain = config.count('"finetune_dataset": null') == config.count('"finetune_dataset"')
+    target = None if plain else finetune_target(json.loads(config))
     if target:
         return target if test == target else f"{train}>{target}"
     if "+" in train and test in train.split("+"):

@@ -529,7 +529,9 @@ class Store:
         if not versions <= set(READABLE_VERSIONS):
             problems.append(f"{path}: schema version {sorted(versions)} is not one this reidbench reads (ignored)")
             return []
-        table = table.filter(pc.is_in(table.column("cell_id"), value_set=pa.array(cells, pa.string())))
+        wanted = pc.is_in(table.column("cell_id"), value_set=pa.array(cells, pa.string()))
+        if not pc.all(wanted).as_py():  # sets a newer one replaced (a filter copies the table: skipped when none)
+            table = table.filter(wanted)
         rows = table.to_pylist()
         present = set(table.column_names)
         missing = dict.fromkeys(name for name in SCHEMA.names if name not in present)

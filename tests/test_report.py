@@ -3,6 +3,7 @@ measured cells (seeds, synthetic data, re-ranking), golden Markdown, determinism
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -608,9 +609,32 @@ def test_a_paper_page_renders_in_headless_chromium(tmp_path):
     assert any(c == (240, 240, 240) for _, c in (colours or []))
 
 
-def test_union_trained_rows_count_as_trained_on_their_test_member():
-    import json
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"cell": {"finetune_dataset": None, "seed": 1}},
+        {"cell": {"finetune_dataset": "dukemtmc"}},
+        {"cell": {"finetune_dataset": "cuhk01"}},
+        {"cell": {"finetune_dataset": "dukemtmc"}, "train": {"finetune_dataset": None}},
+        {"cell": {"finetune_dataset": "dukemtmc"}, "note": '"finetune_dataset": null'},
+        {"parts": [{"finetune_dataset": None}]},
+        {"parts": [{"finetune_dataset": "dukemtmc"}, {"finetune_dataset": "dukemtmc"}]},
+        {"parts": [{"finetune_dataset": None}, {"finetune_dataset": "dukemtmc"}]},
+    ],
+)
+@pytest.mark.parametrize("separators", [None, (",", ":")])
+def test_a_rows_training_set_is_its_configs_finetune_target(config, separators):
+    from harness.report.mapping import finetune_target, row_train_dataset
 
+    row = {"train_dataset": "market1501", "test_dataset": "dukemtmc"}
+    row["config"] = json.dumps(config, sort_keys=True, separators=separators)
+    target = finetune_target(config)  # what the parsed config says, however the text reads
+    expected = "market1501" if target is None else target if target == "dukemtmc" else f"market1501>{target}"
+    assert row_train_dataset(row) == expected
+
+
+def test_union_trained_rows_count_as_trained_on_their_test_member():
     from harness.report.mapping import Identity
     from harness.report.tables import index_rows
 

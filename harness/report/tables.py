@@ -198,12 +198,13 @@ def index_rows(rows: Iterable[dict[str, Any]]) -> dict[Identity, list[dict[str, 
     return index
 
 
-def fingerprint_conflict(rows: list[dict[str, Any]]) -> str | None:
+def fingerprint_conflict(rows: list[dict[str, Any]], splits: list[int] | None = None) -> str | None:
     """Why rows of one table cell must not be averaged: they were measured on different copies of a
-    dataset of the same name (harness/data/fingerprint.py), naming the rows that differ; else None."""
+    dataset of the same name (harness/data/fingerprint.py), naming the rows that differ; else None.
+    `splits`: the rows' row_split, when the caller has them."""
     by_split: dict[int, list[dict]] = defaultdict(list)  # each split of a dataset is a copy of its own
-    for r in rows:
-        by_split[row_split(r)].append(r)
+    for r, split in zip(rows, map(row_split, rows) if splits is None else splits):
+        by_split[split].append(r)
     for column, what in (("test_fingerprint", "test dataset"), ("train_fingerprint", "training dataset")):
         for of_split in by_split.values():
             conflict = _conflict(of_split, column, what)
@@ -237,16 +238,19 @@ def measure(rows: list[dict[str, Any]], metric: str) -> tuple[Measure | None, bo
     real = [r for r in rows if not r["synthetic"] and r.get(metric) is not None]
     synthetic = [r for r in rows if r["synthetic"] and r.get(metric) is not None]
     chosen = real or synthetic
-    if not chosen or fingerprint_conflict(chosen):
+    splits = [row_split(r) for r in chosen]  # once a row: a report measures each row many times
+    if not chosen or fingerprint_conflict(chosen, splits):
         return None, False
     per_seed: dict[int, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for r in chosen:  # several rows of one seed and split (e.g. from two grids) count once, averaged
-        per_seed[r["seed"]][row_split(r)].append(100.0 * r[metric])
+    # Several rows of one seed and split (e.g. from two grids) count once, averaged.
+    for r, split in zip(chosen, splits):
+        per_seed[r["seed"]][split].append(100.0 * r[metric])
     # A seed's number is the mean over its splits (CUHK03's classic protocol reports the mean of 20).
-    values = [statistics.fmean(statistics.fmean(v) for v in splits.values()) for _, splits in sorted(per_seed.items())]
+    values = [
+        statistics.fmean([statistics.fmean(v) for v in of_seed.values()]) for _, of_seed in sorted(per_seed.items())
+    ]
     std = statistics.stdev(values) if len(values) > 1 else None
-    splits = len({row_split(r) for r in chosen})
-    return Measure(statistics.fmean(values), std, len(values), synthetic=not real, splits=splits), bool(
+    return Measure(statistics.fmean(values), std, len(values), synthetic=not real, splits=len(set(splits))), bool(
         real and synthetic
     )
 

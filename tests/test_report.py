@@ -621,17 +621,20 @@ def test_a_paper_page_renders_in_headless_chromium(tmp_path):
         {"parts": [{"finetune_dataset": None}]},
         {"parts": [{"finetune_dataset": "dukemtmc"}, {"finetune_dataset": "dukemtmc"}]},
         {"parts": [{"finetune_dataset": None}, {"finetune_dataset": "dukemtmc"}]},
+        {"cell": {"finetune_dataset": "cuhk03-labeled-classic-split4"}},
     ],
 )
 @pytest.mark.parametrize("separators", [None, (",", ":")])
-def test_a_rows_training_set_is_its_configs_finetune_target(config, separators):
-    from harness.report.mapping import finetune_target, row_train_dataset
+def test_a_rows_training_set_and_split_follow_its_configs_finetune_target(config, separators):
+    from harness.report.mapping import finetune_target, row_split, row_train_dataset
+    from harness.splits import split_in
 
     row = {"train_dataset": "market1501", "test_dataset": "dukemtmc"}
     row["config"] = json.dumps(config, sort_keys=True, separators=separators)
     target = finetune_target(config)  # what the parsed config says, however the text reads
     expected = "market1501" if target is None else target if target == "dukemtmc" else f"market1501>{target}"
     assert row_train_dataset(row) == expected
+    assert row_split(row) == split_in("market1501", "dukemtmc", target)  # 4 for a model tuned on split 4
 
 
 def test_union_trained_rows_count_as_trained_on_their_test_member():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,9 @@ def write_report(
         outcome.notes += refused
     write = _writer(out, outcome.files)
     suffix = f"-table{table}" if table is not None else ""
+    by_model = defaultdict(list)  # each paper's CMC curves: its models' rows
+    for r in rows if "html" in formats else ():
+        by_model[r["method"], r["variant"], r["backbone"]].append(r)
 
     for p, tables in per_paper.items():
         head = f"# {PAPER_TITLES[p]}\n\nRegenerated from the result store by `reidbench report`; do not edit.\n\n"
@@ -96,8 +100,7 @@ def write_report(
         if "csv" in formats:
             write(f"{p}{suffix}.csv", render.csv_text(tables))
         if "html" in formats:
-            mine = paper_methods(p)
-            curves = extras.cmc_curves(r for r in rows if (r["method"], r["variant"], r["backbone"]) in mine)
+            curves = extras.cmc_curves(r for model in sorted(paper_methods(p)) for r in by_model.get(model, ()))
             images = [_cmc_image(out, f"{p}-cmc-{test}.svg", test, c, outcome.files) for test, c in curves.items()]
             write(f"html/{p}{suffix}.html", html.paper_page(p, tables, images))
     if table is None and paper == "all":

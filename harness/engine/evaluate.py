@@ -26,7 +26,7 @@ from harness.data.loader import shard_loader, test_transform
 from harness.data.synthetic import synthetic_root
 from harness.engine.dist import DistEnv, gather_shards
 from harness.engine.rows import Trained, result_row
-from harness.engine.train import _on, extract_features
+from harness.engine.train import cues_on, extract_features
 from harness.errors import UserError
 from harness.eval.metrics import evaluate as evaluate_distances
 from harness.eval.rerank import rerank_features
@@ -298,7 +298,7 @@ def evaluate_spatial(
         with torch.no_grad():
             for inputs, _, _, *cue in loader:
                 glob, local, heat = model.split_rows(
-                    model(inputs.to(env.device, non_blocking=True), *_on(env.device, cue))
+                    model(inputs.to(env.device, non_blocking=True), *cues_on(env.device, cue))
                 )
                 file.write(position, local)
                 position += len(inputs)

@@ -156,7 +156,7 @@ def train(
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         pids = pids.to(device, non_blocking=True)
         with autocast(precision, device):
-            loss_terms = losses(model(inputs, *_on(device, cues)), pids)
+            loss_terms = losses(model(inputs, *cues_on(device, cues)), pids)
         watch.add(step, loss_terms)
         if (step + 1) % check_every == 0 or (step + 1) % log_every == 0:
             terms = watch.check()  # raises NonFiniteLoss on every rank alike
@@ -258,7 +258,7 @@ def _synchronized_time(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def _on(device: torch.device, cues: list[dict]) -> list[dict]:
+def cues_on(device: torch.device, cues: list[dict]) -> list[dict]:
     """A batch's cue tensors (a one-element list, or none) moved to `device`."""
     return [{name: value.to(device, non_blocking=True) for name, value in c.items()} for c in cues]
 
@@ -268,6 +268,7 @@ def extract_features(model: nn.Module, batches: Iterable, device: torch.device) 
     """Embeddings of every batch, in order, on the CPU (`model` unwrapped from DDP)."""
     model.eval()
     chunks = [
-        model(inputs.to(device, non_blocking=True), *_on(device, cues)).float().cpu() for inputs, _, _, *cues in batches
+        model(inputs.to(device, non_blocking=True), *cues_on(device, cues)).float().cpu()
+        for inputs, _, _, *cues in batches
     ]
     return torch.cat(chunks) if chunks else torch.empty(0, model.embedding_dim)

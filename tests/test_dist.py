@@ -22,6 +22,10 @@ def _gather(rank: int, rendezvous: str) -> None:
         out = gather_shards(shard, 5)
         assert out.shape == (5, 4) and out.device == shard.device
         assert out[:3].eq(1).all() and out[3:].eq(2).all(), out
+        # Both ranks are done before either tears the group down: with a file store, a rank that
+        # destroyed its group while the other still finished the all-gather once died of SIGABRT
+        # ("terminate called without an active exception", torch 2.14, CI of 2026-12-07).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

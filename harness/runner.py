@@ -9,6 +9,7 @@ cached weights, and checks that the batch fits, so bad input fails fast and once
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,10 +65,56 @@ def todo(spec: Spec, store: Store, *, executor: str, force: bool = False) -> tup
         due = [c for c in spec.cells if force or not is_done(store, c)]
         held = {c.id: holder(store, c) for c in due}
         busy = [CellStatus(c, "running", f"held by {held[c.id].describe()}") for c in due if held[c.id] is not None]
-        return [c for c in due if held[c.id] is None], busy
+        return carry_views([c for c in due if held[c.id] is None], busy)
     current = cell_statuses(spec.cells, store)
     busy = [s for s in current if s.active]
-    return [s.cell for s in current if not s.active and (force or s.state != "done")], busy
+    return carry_views([s.cell for s in current if not s.active and (force or s.state != "done")], busy)
+
+
+def carry_views(due: list[Cell], busy: list[CellStatus]) -> tuple[list[Cell], list[CellStatus]]:
+    """A view cell (Cell.trainer) rides with its training cell, so a grid that lists both trains once:
+    when the training cell is due, its run evaluates the view after its own rows (Cell.views); when
+    it is busy, the view waits for it (left alone now, evaluated from the kept model by a later run).
+    Any other view runs on its own: it evaluates its training cell's kept model if there is one,
+    and trains that model itself if not (harness/engine/cell.py)."""
+    trainers = {c.id: c for c in due}
+    active = {s.cell.id: s for s in busy}
+    views: dict[str, list[Cell]] = {}
+    alone, waiting = [], []
+    for cell in due:
+        trainer = cell.trainer()
+        if trainer is not None and trainer.id in trainers:
+            views.setdefault(trainer.id, []).append(cell)
+        elif trainer is not None and trainer.id in active:
+            waiting.append(
+                CellStatus(
+                    cell,
+                    active[trainer.id].state,
+                    f"a view of cell {trainer.id}, which is busy: run again once it is done",
+                    job_id=active[trainer.id].job_id,
+                )
+            )
+        else:
+            alone.append(cell)
+    carried = [dataclasses.replace(c, views=tuple(views[c.id])) if c.id in views else c for c in alone]
+    return carried, busy + waiting
+
+
+def view_outcome(store: Store, view: Cell) -> Outcome:
+    """How a view that its training cell's run evaluated ended: done, or why not."""
+    if is_done(store, view):
+        return Outcome(view.id, True)
+    state = store.read_state(view.id) or {}
+    trainer = view.trainer()
+    reason = state.get("reason") if state.get("state") == "failed" else None
+    return Outcome(
+        view.id, False, reason or f"not evaluated: its training cell {trainer and trainer.id} did not finish"
+    )
+
+
+def with_views(cells: Sequence[Cell]) -> list[Cell]:
+    """The cells and the views they carry, each once (what a run checks and reports on)."""
+    return [c for cell in cells for c in (cell.bare(), *cell.views)]
 
 
 def run_grid(spec: Spec, store: Store, executor: str, *, force: bool = False, log: Log = print) -> GridRun:
@@ -79,7 +126,7 @@ def run_grid(spec: Spec, store: Store, executor: str, *, force: bool = False, lo
     cells, busy = todo(spec, store, executor=executor, force=force)
     outcome = GridRun(started=cells, busy=busy)
     if cells:
-        preflight(cells, spec.resources.world_size, log=log, store=store)
+        preflight(with_views(cells), spec.resources.world_size, log=log, store=store)
         for cell in cells:
             if force and store.has_model(cell.id):  # train again, although the model is kept
                 marker = retrain_marker(store, cell.id)
@@ -95,6 +142,14 @@ def run_grid(spec: Spec, store: Store, executor: str, *, force: bool = False, lo
             log(
                 f"{len(evaluating)} cell(s) have a kept model: evaluated on all their test sets (their rows are replaced as one set), no training."
             )
+        for cell in cells:
+            if cell.views:
+                log(
+                    f"cell {cell.id} ({cell.method}:{cell.variant}) also evaluates its view(s) "
+                    f"{', '.join(f'{v.id} ({v.variant})' for v in cell.views)}: one training for all."
+                )
+            elif (trainer := cell.trainer()) is not None and evaluates_only(store, trainer):
+                log(f"cell {cell.id} ({cell.variant}) is a view of cell {trainer.id}: evaluates its kept model.")
         if executor != "slurm":
             log(
                 f"Running {len(cells)} of {len(spec.cells)} cell(s) of grid {spec.name!r} with the {executor} executor."
@@ -102,6 +157,8 @@ def run_grid(spec: Spec, store: Store, executor: str, *, force: bool = False, lo
         else:  # before the jobs exist: a compaction holds cells' leases, which a starting job would find taken
             outcome.compaction = compact_if_due(store, log)
         outcome.outcomes = run(cells, spec.resources, store, slurm=spec.slurm, ray=spec.ray)
+        if executor != "slurm":  # the views evaluated by their training cells' runs, as outcomes of their own
+            outcome.outcomes += [view_outcome(store, view) for cell in cells for view in cell.views]
     outcome.combinations = combine_due(spec, store, log=log)
     if executor != "slurm":  # every cell of the run has published (or failed) by now
         outcome.compaction = compact_if_due(store, log)

@@ -126,6 +126,42 @@ def cell_statuses(cells: Sequence[Cell], store: Store) -> list[CellStatus]:
                 out[-1].attempts,
                 out[-1].job_id,
             )
+    return _with_trainers(out, store)
+
+
+def _with_trainers(statuses: list[CellStatus], store: Store) -> list[CellStatus]:
+    """A view cell (Cell.trainer) that is not done stands where its training cell's run stands: queued
+    or running with it when that cell is active (its job evaluates the view), "to evaluate" when that
+    cell's model is kept."""
+    by_id = {s.cell.id: s for s in statuses}
+    out = []
+    for status in statuses:
+        trainer = status.cell.trainer()
+        if trainer is None or status.state in ("done", "running") or status.active:
+            out.append(status)
+            continue
+        training = by_id.get(trainer.id)
+        if training is not None and training.active:
+            out.append(
+                CellStatus(
+                    status.cell,
+                    training.state,
+                    f"a view of cell {trainer.id}: its job evaluates this one after its own rows",
+                    job_id=training.job_id,
+                )
+            )
+        elif status.state in ("rows missing", "not started", "cancelled") and store.has_model(trainer.id):
+            out.append(
+                CellStatus(
+                    status.cell,
+                    "to evaluate",
+                    f"a view of cell {trainer.id}: `run` evaluates its kept model, without training",
+                    status.attempts,
+                    status.job_id,
+                )
+            )
+        else:
+            out.append(status)
     return out
 
 

@@ -19,7 +19,7 @@ Every model follows one interface, so the engine never needs to know which metho
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from torch import nn
@@ -43,13 +43,19 @@ class MethodInfo:
     cues: Mapping[str, Cues]  # variant -> its declared cues
     triplet: bool = True  # trains with a triplet loss: needs K >= 2 images of an identity per batch
     revision: int = 0  # raised when the method's models change what they compute (part of its cells' ids)
+    views: Mapping[str, str] = field(default_factory=dict)  # view variant -> the variant whose trained model it infers with
 
 
 _METHODS: dict[str, MethodInfo] = {}
 
 
 def register_method(
-    name: str, *, variants: Mapping[str, Cues] | Sequence[str], triplet: bool = True, revision: int = 0
+    name: str,
+    *,
+    variants: Mapping[str, Cues] | Sequence[str],
+    triplet: bool = True,
+    revision: int = 0,
+    views: Mapping[str, str] | None = None,
 ) -> Callable:
     """Register a model builder ``f(*, variant, backbone, num_classes, **options)`` under `name`.
 
@@ -59,7 +65,11 @@ def register_method(
     to its declaration. `triplet`: whether its losses include a triplet loss (the spec then needs
     images_per_id >= 2). `revision`: raise it when a change makes the same spec cell compute something
     else (another architecture, other cue maps), so the cell gets a new id and a store never mixes the
-    old model's results with the new one's; 0 leaves the ids as they were.
+    old model's results with the new one's; 0 leaves the ids as they were. `views` maps a variant that
+    is another variant's trained model inferred otherwise (same parameters, same training, another
+    test-time embedding) to that variant: a grid that lists both trains once, and the training cell's
+    run evaluates the view too (harness/runner.py `todo`). The contract test holds both to the same
+    parameters and training cues.
     """
     if isinstance(variants, str):
         raise TypeError(
@@ -70,11 +80,21 @@ def register_method(
     if bad:
         raise TypeError(f"method {name!r}: the cues of variant(s) {', '.join(bad)} must be Cues(train=..., test=...)")
     declared = {v: Cues(tuple(c.train), tuple(c.test)) for v, c in declared.items()}
+    views = dict(views or {})
+    for view, trained in views.items():
+        if view not in declared or trained not in declared or trained in views:
+            raise ValueError(
+                f"method {name!r}: view {view!r} -> {trained!r} must map a variant to a variant that is not a view"
+            )
+        if declared[view].train != declared[trained].train:
+            raise ValueError(f"method {name!r}: view {view!r} trains with other cues than {trained!r}")
 
     def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _METHODS:
             raise ValueError(f"method {name!r} is registered twice")
-        _METHODS[name] = MethodInfo(name, builder, tuple(declared), MappingProxyType(declared), triplet, revision)
+        _METHODS[name] = MethodInfo(
+            name, builder, tuple(declared), MappingProxyType(declared), triplet, revision, MappingProxyType(views)
+        )
         return builder
 
     return decorate
@@ -106,6 +126,11 @@ def uses_triplet(name: str) -> bool:
 def method_revision(name: str) -> int:
     """The method's model revision (0 for a method not registered: its cells fail elsewhere, by name)."""
     return _METHODS[name].revision if name in _METHODS else 0
+
+
+def trained_variant(name: str, variant: str) -> str | None:
+    """The variant whose trained model `variant` infers with, when `variant` is a view (else None)."""
+    return _METHODS[name].views.get(variant) if name in _METHODS else None
 
 
 def method_builder(name: str) -> Callable[..., nn.Module]:

@@ -12,7 +12,6 @@ from harness.data.cues import check_names
 from harness.data.geometry import MEAN, STD
 from methods import create_model, dsa_reid
 from methods.dsa_reid import MERGE_13_TO_8, MERGE_24_TO_13, DsagStream, Merge, merge_matrix
-from tests.helpers import run_grid
 
 
 def build(variant: str, backbone: str = "resnet18", **options):
@@ -235,15 +234,3 @@ def test_a_flip_mirrors_each_crop_and_swaps_left_and_right_parts():
     assert torch.allclose(flipped[3], plain[2].flip(-1)) and torch.allclose(
         flipped[2], plain[3]
     )  # 3 right, 4 left hand
-
-
-@pytest.mark.slow
-def test_end_to_end_on_synthetic_market_with_densepose_cues(tmp_path):
-    """`reidbench run` trains with the DSAP images (and, for CSA, the part crops) read from the synthetic
-    dataset's densepose files; global-joint also reads them at test time. Plain and re-ranked rows land."""
-    run, rows = run_grid(tmp_path, ["dsa-reid:full", "dsa-reid:global-joint", "dsa-reid:csa"], iterations=12)
-    assert run.returncode == 0, run.stdout + run.stderr
-    for method, mine in rows.items():
-        assert sorted(r["rerank"] for r in mine) == [False, True], (method, mine)
-        assert all(f"{r['method']}:{r['variant']}" == method and r["iterations"] == 12 for r in mine)
-        assert all(0 <= r["mAP"] <= 1 and r["num_valid_queries"] > 0 for r in mine)

@@ -358,9 +358,14 @@ def _cells_table(spec, store, *, steps: bool = False) -> str:
 
     lines, problems, training = [], {}, {}
     older = older_cells(spec.cells, store)
+    ids = {c.id for c in spec.cells}
     for s in cell_statuses(spec.cells, store):
         cell = s.cell
-        planned = [_steps_text(cell, problems, training)] if steps else []
+        trainer = cell.trainer()
+        if steps and trainer is not None and trainer.id in ids:  # harness.runner.carry_views
+            planned = [f"0 (a view of {trainer.id})"]
+        else:
+            planned = [_steps_text(cell, problems, training)] if steps else []
         detail = s.detail or ""
         if older[cell.id] and s.state != "done":
             named = ", ".join(f"{old} (id version {version})" for old, version in older[cell.id])

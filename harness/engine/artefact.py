@@ -13,7 +13,6 @@ is whole when both files are there (Store.has_model). Resume checkpoints stay se
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import json
 from pathlib import Path
@@ -66,7 +65,7 @@ def describe(
         "git_sha": sha,
         "git_dirty": dirty,
         "saved_at": str(provenance.now()),
-        "cell": dataclasses.asdict(cell),
+        "cell": cell.as_dict(),
     }
 
 
@@ -165,10 +164,11 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: st
     model.load_state_dict(state, strict=True)
 
 
-def load(store: Store, cell_id: str) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The kept model of a cell, in eval mode on the CPU, and its model.json."""
+def load(store: Store, cell_id: str, *, variant: str | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The kept model of a cell, in eval mode on the CPU, and its model.json. `variant`: build that
+    variant of the method instead, a view of the kept one (the same parameters, another inference)."""
     info = read_info(store, cell_id)
-    model = build(info)
+    model = build({**info, "variant": variant or info["variant"]})
     load_into(
         model,
         read_weights(store.model_path(cell_id)),

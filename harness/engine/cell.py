@@ -56,7 +56,7 @@ from harness.spec import Cell, Resources, TrainConfig
 from harness.store import Store
 from methods import create_model
 
-__all__ = ["dataset_root", "evaluates_only", "retrain_marker", "run_cell"]
+__all__ = ["dataset_root", "evaluates_only", "model_source", "retrain_marker", "run_cell"]
 
 _TIMING_WARMUP = 10  # training steps left out of the profile row's throughput (at most half the run)
 TIMEOUT = "NCCL/collective timeout"  # the failure class of a collective that never completed (executors.base.classify)
@@ -107,8 +107,45 @@ def retrain_marker(store: Store, cell_id: str) -> Path:
 
 
 def evaluates_only(store: Store, cell: Cell) -> bool:
-    """A kept model and no --force: the cell evaluates it on its test sets without rows, and trains nothing."""
-    return store.has_model(cell.id) and not retrain_marker(store, cell.id).exists()
+    """A kept model and no --force: the cell evaluates it on its test sets, and trains nothing. The
+    model is the cell's own, or, for a view (Cell.trainer), its training cell's."""
+    return model_source(store, cell) is not None
+
+
+def model_source(store: Store, cell: Cell) -> Cell | None:
+    """Whose kept model the cell evaluates instead of training: its own (no --force), else, for a
+    view, its training cell's (trained once for both); None when the cell trains."""
+    for source in (cell, cell.trainer()):
+        if source is not None and store.has_model(source.id) and not retrain_marker(store, source.id).exists():
+            return source
+    return None
+
+
+@dataclasses.dataclass
+class _Model:
+    """The model a run trained or loaded, with what its view cells' rows record of it."""
+
+    cell: Cell  # the cell whose model it is
+    model: torch.nn.Module
+    num_classes: int
+    trained: Trained
+    train_fingerprint: str | None
+    input_size: tuple[int, int]
+    started: object
+    point: int  # the watchdog's next point after the run's own evaluation
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """Where and how this process's run evaluates: what every evaluation of it passes along."""
+
+    resources: Resources
+    store: Store
+    env: DistEnv
+    executor: str
+    run_id: str
+    watch: Watchdog
+    hosts: list[str]
 
 
 class CellHeld(Exception):
@@ -136,6 +173,7 @@ def run_cell(
     records the reason in its manifest.
     """
     store = Store(store_root)
+    views, cell = cell.views, cell.bare()  # the views are evaluated after the cell's own rows
     sink = sink or checkpoint.FileSink(store.cell_dir(cell.id) / "checkpoint.pt")
     os.environ.update(dict(resources.env))  # the launcher forwarded them already; this covers a bare torchrun
     rank = int(os.environ.get("RANK", 0))
@@ -153,7 +191,10 @@ def run_cell(
         ) as watch:
             hosts = preflight.check(env, folder, watch)
             held = _claim(store, cell, env, attempt, owner or attempt, executor)
-            _run(cell, resources, store, env, executor, sink, attempt, watch, hosts)
+            done = _run(cell, resources, store, env, executor, sink, attempt, watch, hosts)
+            job = _Job(resources, store, env, executor, attempt, watch, hosts)
+            for view in views:
+                _evaluate_view(view, done, job, owner or attempt)
     except (checkpoint.StopRequested, CellHeld):
         raise
     except BaseException as err:
@@ -203,11 +244,12 @@ def _run(
     run_id: str,
     watch: Watchdog,
     hosts: list[str],
-) -> None:
+) -> _Model:
     started = provenance.now()
     log = (lambda message: print(f"[{cell.id}] {message}", flush=True)) if env.is_main else (lambda message: None)
-    if evaluates_only(store, cell):
-        return _evaluate_kept(cell, resources, store, env, executor, started, log, run_id, watch, hosts)
+    source = model_source(store, cell)
+    if source is not None:
+        return _evaluate_kept(cell, source, _Job(resources, store, env, executor, run_id, watch, hosts), started, log)
     config = cell.train
     training = load_training(
         cell.train_dataset, cell.finetune_dataset, lambda name: dataset_root(cell.dataset(name), cell.synthetic)
@@ -416,6 +458,7 @@ def _run(
         )
         sink.clear()
         retrain_marker(store, cell.id).unlink(missing_ok=True)
+    return _Model(cell, model, num_classes, trained_figures, train_fp, size, started, 2 * total + 3 + 5 * len(tests))
 
 
 def _recorder(store: Store, cell_id: str, phase: int, board):
@@ -434,36 +477,75 @@ def _recorder(store: Store, cell_id: str, phase: int, board):
     return record
 
 
-def _evaluate_kept(
-    cell: Cell,
-    resources: Resources,
-    store: Store,
-    env: DistEnv,
-    executor: str,
-    started,
-    log,
-    run_id: str,
-    watch: Watchdog,
-    hosts: list[str],
-) -> None:
-    """The cell's kept model on all its test datasets: extraction and scoring, no training. All of
-    them, not only a test set added since: the run publishes the cell's whole set of rows, one run's."""
-    model, info = artefact.load(store, cell.id)
-    model = model.to(env.device)
+def _evaluate_kept(cell: Cell, source: Cell, job: _Job, started, log) -> _Model:
+    """The kept model of the cell, or of its training cell `source` for a view, on all the cell's
+    test datasets: extraction and scoring, no training. All of them, not only a test set added since:
+    the run publishes the cell's whole set of rows, one run's."""
+    model, info = artefact.load(job.store, source.id, variant=cell.variant)
+    whose = "" if source.id == cell.id else f" of its training cell {source.id} ({source.variant})"
+    log(
+        f"evaluating the kept model {job.store.model_path(source.id)}{whose} on {', '.join(cell.test_datasets)}; no training"
+    )
+    kept = _Model(
+        source,
+        model,
+        int(info["num_classes"]),
+        Trained(**info["trained"]),
+        info.get("train_fingerprint"),
+        tuple(info["input_size"]),
+        started,
+        3,
+    )
+    return _evaluate_as(cell, kept, job, log)
+
+
+def _evaluate_view(view: Cell, done: _Model, job: _Job, owner: str) -> None:
+    """A view of the cell that `done` trained (or loaded): the same weights in the view's model,
+    evaluated on the view's test sets, its rows published under its own id in this run. Its lease
+    is taken as any cell's; a view that another live run holds is left to it. A failure is recorded
+    as the view's, and the run goes on: the training cell's rows are published by then, and the
+    next run evaluates the view from the kept model (harness/runner.py reports it as failed)."""
+    log = (lambda message: print(f"[{view.id}] {message}", flush=True)) if job.env.is_main else (lambda message: None)
+    try:
+        held = _claim(job.store, view, job.env, job.run_id, owner, job.executor)
+    except CellHeld as err:
+        log(f"{err}: not evaluated by cell {done.cell.id}'s run")
+        return
+    try:
+        model = create_model(view.method, num_classes=done.num_classes, **{**view.model_kwargs(), "pretrained": False})
+        artefact.load_into(
+            model, done.model.state_dict(), f"the model of cell {done.cell.id}", f"{view.method}:{view.variant}"
+        )
+        log(f"a view of cell {done.cell.id} ({done.cell.variant}): its trained model, inferred as {view.variant}")
+        _evaluate_as(view, dataclasses.replace(done, model=model.eval()), job, log)
+    except Exception as err:
+        trace = "".join(traceback.format_exception(err))
+        _record_failure(job.store, view, job.env.rank, job.run_id, _reason(err), trace)
+        log(f"failed: {_reason(err)}; cell {done.cell.id}'s own rows are published")
+    finally:
+        if held is not None:
+            held.release()
+
+
+def _evaluate_as(cell: Cell, done: _Model, job: _Job, log) -> _Model:
+    """`done`'s model evaluated as `cell` (itself, or a view of its cell) on the cell's test sets;
+    its rows published. A view's rows name the cell that trained the model (`trained_by`)."""
+    store, env = job.store, job.env
+    model = done.model.to(env.device)
     roots = {name: dataset_root(cell.dataset(name), cell.synthetic) for name in cell.test_datasets}
     check_test_cues(model, roots, f"{cell.method}:{cell.variant}", cell.cue_sources())
-    log(f"evaluating the kept model {store.model_path(cell.id)} on {', '.join(cell.test_datasets)}; no training")
-    trained = Trained(**info["trained"])
+    view = done.cell.id != cell.id
     evaluation = Evaluation(
         cell,
-        resources,
-        trained,
-        info.get("train_fingerprint"),
-        executor,
-        started,
-        run_id=run_id,
+        job.resources,
+        done.trained,
+        done.train_fingerprint,
+        job.executor,
+        done.started,
+        run_id=job.run_id,
         keep_embeddings=cell.train.keep_embeddings,
-        hosts=tuple(hosts),
+        extra_config={"trained_by": done.cell.id} if view else None,
+        hosts=tuple(job.hosts),
     )
     evaluate_tests(
         model,
@@ -471,21 +553,23 @@ def _evaluate_kept(
         evaluation,
         store=store,
         env=env,
-        size=tuple(info["input_size"]),
+        size=done.input_size,
         root_of=roots.__getitem__,
         log=log,
-        marks=lambda index, name: _EvalMarks(watch, 3 + 5 * index, name),
+        marks=lambda index, name: _EvalMarks(job.watch, done.point + 5 * index, name),
     )
     if env.is_main:
-        store.publish(cell.id, run_id)
+        store.publish(cell.id, job.run_id)
         store.write_state(
             cell.id,
             "done",
             finished_at=provenance.now(),
-            iterations=trained.iterations,
-            model_kept=True,
+            iterations=done.trained.iterations,
+            model_kept=not view,
             evaluated=list(cell.test_datasets),
+            **({"trained_by": done.cell.id} if view else {}),
         )
+    return dataclasses.replace(done, point=done.point + 5 * len(cell.test_datasets))
 
 
 def _test_set(cell: Cell, training, name: str) -> tuple[Path, data.ReidData]:

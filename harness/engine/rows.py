@@ -182,7 +182,7 @@ def result_row(
     resumed at; `hosts`: the node each rank ran on, in rank order (harness.engine.dist.node_name);
     `weights` is null for a model this cell trained, else where external weights came from."""
     config = {
-        "cell": dataclasses.asdict(cell),
+        "cell": cell.as_dict(),
         "resources": dataclasses.asdict(resources),
         "scheduler": scheduler_ids(),
         "id_version": ID_VERSION,
@@ -244,7 +244,7 @@ def combination_row(
     settings = {"name": combo.name, "method": combo.method, "normalize": combo.normalize, "parts": parts}
     config = {
         "combination": settings,
-        "parts": [dataclasses.asdict(c) for c in combo.parts],
+        "parts": [c.as_dict() for c in combo.parts],
         "resources": {"device": str(device)},
         "scheduler": {},
     }

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.spec.values import coerce_dataclass, freeze
-from methods import method_builder, method_revision
+from methods import method_builder, method_revision, trained_variant
 
 # Bump when the meaning of a resolved configuration changes. Version 2: the test datasets left the
 # id (a kept model is evaluated on a new test set under the same id), and the model settings
@@ -255,6 +255,9 @@ class Cell:
     synthetic: SyntheticConfig
     finetune_dataset: str | None = None
     method_options: tuple[tuple[str, Any], ...] = ()
+    # View cells this cell's run evaluates with the model it trains (harness/runner.py `todo` sets
+    # them); not part of the identity, and dropped from rows and JSON.
+    views: tuple[Cell, ...] = ()
 
     def dataset(self, name: str) -> DatasetConfig:
         return next(d for d in self.datasets if d.name == name)
@@ -263,6 +266,17 @@ class Cell:
         """The cue sources the cell reads ([train] cue_sources); none on synthetic data, whose one
         exact map per cue (cues/<cue>/) stands for every source."""
         return {} if any(d.synthetic for d in self.datasets) else dict(self.train.cue_sources)
+
+    def trainer(self) -> Cell | None:
+        """The cell whose trained model this one infers with, when the cell's variant is a view of
+        another (methods.register_method's `views`): the same cell with the trained variant, whose
+        id is what that cell has in any grid (the test sets are not part of an id). None otherwise."""
+        trained = trained_variant(self.method, self.variant)
+        return None if trained is None else dataclasses.replace(self, variant=trained, views=())
+
+    def bare(self) -> Cell:
+        """The cell without the views the runner gave it."""
+        return dataclasses.replace(self, views=()) if self.views else self
 
     @property
     def trained_on(self) -> tuple[str, ...]:
@@ -315,12 +329,19 @@ class Cell:
         canonical = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"), default=list)
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
+    def as_dict(self) -> dict[str, Any]:
+        """The cell's fields as plain data (what rows and model.json record), without its views."""
+        out = dataclasses.asdict(self.bare())
+        del out["views"]
+        return out
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return json.dumps(self.as_dict(), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Cell:
         raw = json.loads(text)
+        raw.pop("views", None)
         known = {f.name for f in dataclasses.fields(TrainConfig)}
         return cls(
             **{

@@ -163,3 +163,18 @@ def test_full_and_its_views_train_once_and_a_view_alone_measures_the_same_from_t
     for first, second in zip(mine["two-streams-fused"], rerun):
         assert second["mAP"] == pytest.approx(first["mAP"], abs=1e-6)
         assert second["rank1"] == pytest.approx(first["rank1"], abs=1e-6)
+
+
+def test_a_view_that_its_training_cells_run_did_not_evaluate_is_a_failed_outcome(tmp_path):
+    """run_grid adds an outcome per carried view: done, or why not (its own recorded failure, or its
+    training cell's run that never reached it), so `reidbench run` exits non-zero for it."""
+    from harness.runner import view_outcome
+
+    spec = spec_of(tmp_path, ["dsa-reid:full", "dsa-reid:global-joint"])
+    view = by_variant(spec.cells)["global-joint"]
+    store = Store(tmp_path / "store")
+    never = view_outcome(store, view)
+    assert not never.ok and view.trainer().id in never.reason
+    store.write_state(view.id, "failed", reason="3 broken test file(s)", attempt="a1")
+    failed = view_outcome(store, view)
+    assert not failed.ok and failed.reason == "3 broken test file(s)"

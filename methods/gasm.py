@@ -58,6 +58,15 @@ Where the paper is silent or ambiguous, and what is done here:
   guided matching with their own heatmap, and ``baseline`` matches the global feature only (cosine).
   The option ``matching = "global" | "gasm"`` overrides that (``"gasm"`` on the baseline gives the
   unguided adaptive spatial matching: uniform weights).
+* Table 1's "self-attention" row (22.3 (23.2) on Crowd-REID, 67.4 (55.8) on Occluded-REID, trained
+  on Market-1501) is not a variant. The paper never defines it: the row carries no citation, and
+  the only "self-attention" in the text is Fig. 2(a)'s schematic of "attention-based approaches
+  [10], [18], [25]" (three different published networks) and the remark that "only using
+  self-attention mechanism easily result in unstable of these methods due to partial body
+  occlusion". Nothing says which attention (spatial, channel, both), where it sits, how it is
+  trained or how it matches, and no code of the authors' shows it, so any model here would be a
+  guess whose gap to 22.3 / 67.4 means nothing. Its four numbers stay in the reference as a
+  comparison row without a variant (like PCB's or DSR's), which the report shows as published only.
 * Matching grid. Storing every location of every test image at 24x8 x 2048 floats (384x128, last
   stride 1) takes 30 GB at Market-1501 size, and matching costs (24x8)^2 x 2048 multiply-adds per
   image pair. The spatial map and S are therefore average-pooled to a matching grid, option ``grid``,

@@ -313,12 +313,20 @@ def _full_row_candidates(feats: torch.Tensor, norms: torch.Tensor, rows: torch.T
     return tuple(torch.cat(p) for p in parts)
 
 
+def _symmetric_squares(feats: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, n: int) -> torch.Tensor:
+    """exact_squares of the pairs, each unordered pair scored once: candidate lists are mostly
+    mutual (i near j, j near i), and the canonical value is symmetric bit for bit."""
+    low, high = torch.minimum(rows, cols), torch.maximum(rows, cols)
+    pairs, where = torch.unique(low * n + high, return_inverse=True)
+    return exact_squares(feats, pairs // n, pairs % n)[where]
+
+
 def _exact_lists(feats, rows, cols, far_rows, far_cols, n: int, k: int) -> Neighbours:
     """Re-score candidates canonically; order each row's by (distance, index); take the row maxima."""
     device = feats.device
     key = torch.unique(rows * n + cols)  # sorted by row, then by column
     rows, cols = key // n, key % n
-    vals = exact_squares(feats, rows, cols)
+    vals = _symmetric_squares(feats, rows, cols, n)
     order = torch.argsort(vals, stable=True)  # by value; equal values keep the column order
     order = order[torch.argsort(rows[order], stable=True)]  # then grouped by row
     rows, cols, vals = rows[order], cols[order], vals[order]

@@ -43,13 +43,19 @@ class MethodInfo:
     cues: Mapping[str, Cues]  # variant -> its declared cues
     triplet: bool = True  # trains with a triplet loss: needs K >= 2 images of an identity per batch
     revision: int = 0  # raised when the method's models change what they compute (part of its cells' ids)
+    new_classifier: bool = False  # its models have `classifier` and `new_classifier(num_classes)`
 
 
 _METHODS: dict[str, MethodInfo] = {}
 
 
 def register_method(
-    name: str, *, variants: Mapping[str, Cues] | Sequence[str], triplet: bool = True, revision: int = 0
+    name: str,
+    *,
+    variants: Mapping[str, Cues] | Sequence[str],
+    triplet: bool = True,
+    revision: int = 0,
+    new_classifier: bool = False,
 ) -> Callable:
     """Register a model builder ``f(*, variant, backbone, num_classes, **options)`` under `name`.
 
@@ -59,7 +65,10 @@ def register_method(
     to its declaration. `triplet`: whether its losses include a triplet loss (the spec then needs
     images_per_id >= 2). `revision`: raise it when a change makes the same spec cell compute something
     else (another architecture, other cue maps), so the cell gets a new id and a store never mixes the
-    old model's results with the new one's; 0 leaves the ids as they were.
+    old model's results with the new one's; 0 leaves the ids as they were. `new_classifier`: every
+    variant's model has one identity classifier, ``model.classifier`` (an nn.Linear), and builds a
+    fresh one with ``model.new_classifier(num_classes)``, so a spec's fine-tuning phase may train a
+    new one (`classifier = "new"`, harness/engine/heads.py); the parser refuses that key for other methods.
     """
     if isinstance(variants, str):
         raise TypeError(
@@ -74,7 +83,9 @@ def register_method(
     def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _METHODS:
             raise ValueError(f"method {name!r} is registered twice")
-        _METHODS[name] = MethodInfo(name, builder, tuple(declared), MappingProxyType(declared), triplet, revision)
+        _METHODS[name] = MethodInfo(
+            name, builder, tuple(declared), MappingProxyType(declared), triplet, revision, new_classifier
+        )
         return builder
 
     return decorate
@@ -101,6 +112,11 @@ def method_cues(name: str, variant: str | None = None) -> Cues:
 
 def uses_triplet(name: str) -> bool:
     return _METHODS[name].triplet
+
+
+def has_new_classifier(name: str) -> bool:
+    """Whether the method's models can replace their identity classifier (`new_classifier`), without building one."""
+    return _METHODS[name].new_classifier
 
 
 def method_revision(name: str) -> int:

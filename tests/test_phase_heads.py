@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from harness.cli import main
 from harness.engine import heads as phase_heads
 from harness.engine import schedule
 from harness.engine.cell import run_cell
@@ -115,6 +116,22 @@ def test_the_spec_checks_the_phase_keys_and_only_a_set_key_changes_the_cell_id(m
         cell(("classifier", "fresh"))
     with pytest.raises(UserError, match="classifier_lr must be positive"):
         cell(("classifier_lr", 0.0))
+
+
+def test_reidbench_run_refuses_a_new_classifier_for_a_method_without_one(tmp_path, make_spec, capsys, monkeypatch):
+    """The parser refuses it (exit 2, the file, line and what to do) before any cell starts: the
+    registry says which methods can replace their classifier, without building a model."""
+    monkeypatch.chdir(tmp_path)  # a run that got through would write its report into ./reports
+    phases = [{"iterations": 2}, {"iterations": 2, "lr": 0.001, "on": "finetune", "classifier": "new"}]
+    grid = {"methods": ["baseline", "spreid:model-l"], "finetune_datasets": ["dukemtmc"]}
+    spec = make_spec("heads", grid=grid, train={"iterations": None, "phases": phases})
+    assert main(["run", str(spec), "--store", str(tmp_path / "store")]) == 2
+    err = capsys.readouterr().err
+    line = spec.read_text().splitlines().index('classifier = "new"') + 1
+    assert err.startswith(f'reidbench: error: {spec}, line {line}: phase 2 ([[train.phases]]): classifier = "new"')
+    assert "(spreid); baseline has none. Remove classifier from the phase" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert not (tmp_path / "store").exists()
 
 
 @pytest.fixture()

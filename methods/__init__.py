@@ -43,7 +43,10 @@ class MethodInfo:
     cues: Mapping[str, Cues]  # variant -> its declared cues
     triplet: bool = True  # trains with a triplet loss: needs K >= 2 images of an identity per batch
     revision: int = 0  # raised when the method's models change what they compute (part of its cells' ids)
-    views: Mapping[str, str] = field(default_factory=dict)  # view variant -> the variant whose trained model it infers with
+    new_classifier: bool = False  # its models have `classifier` and `new_classifier(num_classes)`
+    views: Mapping[str, str] = field(
+        default_factory=dict
+    )  # view variant -> the variant whose trained model it infers with
 
 
 _METHODS: dict[str, MethodInfo] = {}
@@ -55,6 +58,7 @@ def register_method(
     variants: Mapping[str, Cues] | Sequence[str],
     triplet: bool = True,
     revision: int = 0,
+    new_classifier: bool = False,
     views: Mapping[str, str] | None = None,
 ) -> Callable:
     """Register a model builder ``f(*, variant, backbone, num_classes, **options)`` under `name`.
@@ -65,11 +69,14 @@ def register_method(
     to its declaration. `triplet`: whether its losses include a triplet loss (the spec then needs
     images_per_id >= 2). `revision`: raise it when a change makes the same spec cell compute something
     else (another architecture, other cue maps), so the cell gets a new id and a store never mixes the
-    old model's results with the new one's; 0 leaves the ids as they were. `views` maps a variant that
-    is another variant's trained model inferred otherwise (same parameters, same training, another
-    test-time embedding) to that variant: a grid that lists both trains once, and the training cell's
-    run evaluates the view too (harness/runner.py `todo`). The contract test holds both to the same
-    parameters and training cues.
+    old model's results with the new one's; 0 leaves the ids as they were. `new_classifier`: every
+    variant's model has one identity classifier, ``model.classifier`` (an nn.Linear), and builds a
+    fresh one with ``model.new_classifier(num_classes)``, so a spec's fine-tuning phase may train a
+    new one (`classifier = "new"`, harness/engine/heads.py); the parser refuses that key for other methods.
+    `views` maps a variant that is another variant's trained model inferred otherwise (same
+    parameters, same training, another test-time embedding) to that variant: a grid that lists both
+    trains once, and the training cell's run evaluates the view too (harness/runner.py `todo`). The
+    contract test holds both to the same parameters and training cues.
     """
     if isinstance(variants, str):
         raise TypeError(
@@ -93,7 +100,14 @@ def register_method(
         if name in _METHODS:
             raise ValueError(f"method {name!r} is registered twice")
         _METHODS[name] = MethodInfo(
-            name, builder, tuple(declared), MappingProxyType(declared), triplet, revision, MappingProxyType(views)
+            name,
+            builder,
+            tuple(declared),
+            MappingProxyType(declared),
+            triplet,
+            revision,
+            new_classifier,
+            MappingProxyType(views),
         )
         return builder
 
@@ -121,6 +135,11 @@ def method_cues(name: str, variant: str | None = None) -> Cues:
 
 def uses_triplet(name: str) -> bool:
     return _METHODS[name].triplet
+
+
+def has_new_classifier(name: str) -> bool:
+    """Whether the method's models can replace their identity classifier (`new_classifier`), without building one."""
+    return _METHODS[name].new_classifier
 
 
 def method_revision(name: str) -> int:

@@ -195,6 +195,7 @@ def _model_class(variant: str) -> type[nn.Module]:
     variants={v: Cues(_model_class(v).train_cues, _model_class(v).test_cues) for v in VARIANTS},
     triplet=False,  # cross-entropy only
     revision=1,
+    new_classifier=True,  # _Classified: fine-tuning phases may train a target-sized classifier
 )
 def build_spreid(
     *,

@@ -12,7 +12,15 @@ from harness.data.cues import check_names, random_cues
 from harness.errors import UserError
 from harness.runner import check_cues
 from harness.spec import load_spec
-from methods import Cues, create_model, method_cues, method_names, method_variants, register_method
+from methods import (
+    Cues,
+    create_model,
+    has_new_classifier,
+    method_cues,
+    method_names,
+    method_variants,
+    register_method,
+)
 from methods.backbones import create_backbone
 
 CASES = [(m, v) for m in method_names() for v in method_variants(m)]
@@ -27,6 +35,12 @@ def test_trains_and_embeds(method, variant):
         "the model disagrees with its registration"
     )
     check_names(declared.train + declared.test, f"{method}:{variant}")
+    if has_new_classifier(method):  # what a phase's classifier = "new" builds on (harness/engine/heads.py)
+        fresh = model.new_classifier(3)
+        assert isinstance(model.classifier, nn.Linear) and isinstance(fresh, nn.Linear)
+        assert (fresh.in_features, fresh.out_features) == (model.classifier.in_features, 3)
+    else:  # the parser lets classifier = "new" through only for methods that declare it
+        assert not callable(getattr(model, "new_classifier", None)), "register it with new_classifier=True"
     images, pids = torch.randn(8, 3, 128, 64), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
     cues = random_cues(set(model.train_cues) | set(model.test_cues), 8, (128, 64))
     inputs = lambda needed: (images, {n: cues[n] for n in needed}) if needed else (images,)  # noqa: E731

@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from harness.cli import main
 from harness.engine import heads as phase_heads
 from harness.engine import schedule
 from harness.engine.cell import run_cell
@@ -21,7 +22,7 @@ from harness.engine.train import build_optimizer, build_scheduler
 from harness.errors import UserError
 from harness.spec import Phase, Resources, TrainConfig, load_spec
 from methods import create_model
-from tests.test_phases import Crash, MemorySink
+from tests.test_phases import Crash, MemorySink, resume_spec
 
 UNION, TARGET = list(range(16)), list(range(16, 24))  # a target outside the union gets labels after it
 
@@ -96,16 +97,8 @@ def test_a_method_without_a_replaceable_classifier_is_refused_with_what_to_do():
 
 
 def test_the_spec_checks_the_phase_keys_and_only_a_set_key_changes_the_cell_id(make_spec):
-    phases = [{"iterations": 2}, {"iterations": 2, "lr": 0.001, "on": "finetune"}]
-    grid = {"methods": ["spreid:model-l"], "finetune_datasets": ["dukemtmc"]}
-
     def cell(*extra):
-        spec = make_spec(
-            "heads",
-            grid=grid,
-            train={"iterations": None, "lr": 0.01, "phases": [phases[0], {**phases[1], **dict(extra)}]},
-        )
-        return load_spec(spec).cells[0]
+        return load_spec(resume_spec(make_spec, method="spreid:model-l", finetune=dict(extra))).cells[0]
 
     plain, kept = cell(), cell(("classifier", "keep"))
     assert plain.id == kept.id  # the default spelled out: the same experiment, the same id
@@ -115,6 +108,20 @@ def test_the_spec_checks_the_phase_keys_and_only_a_set_key_changes_the_cell_id(m
         cell(("classifier", "fresh"))
     with pytest.raises(UserError, match="classifier_lr must be positive"):
         cell(("classifier_lr", 0.0))
+
+
+def test_reidbench_run_refuses_a_new_classifier_for_a_method_without_one(tmp_path, make_spec, capsys, monkeypatch):
+    """The parser refuses it (exit 2, the file, line and what to do) before any cell starts: the
+    registry says which methods can replace their classifier, without building a model."""
+    monkeypatch.chdir(tmp_path)  # a run that got through would write its report into ./reports
+    spec = resume_spec(make_spec, method="baseline", finetune={"classifier": "new"})
+    assert main(["run", str(spec), "--store", str(tmp_path / "store")]) == 2
+    err = capsys.readouterr().err
+    line = spec.read_text().splitlines().index('classifier = "new"') + 1
+    assert err.startswith(f'reidbench: error: {spec}, line {line}: phase 2 ([[train.phases]]): classifier = "new"')
+    assert "(spreid); baseline has none. Remove classifier from the phase" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert not (tmp_path / "store").exists()
 
 
 @pytest.fixture()
@@ -130,31 +137,7 @@ def cache(tmp_path):
 
 @pytest.mark.slow
 def test_a_new_classifier_trains_resumes_at_the_boundary_and_is_the_kept_models(cache, tmp_path, make_spec, capsys):
-    phases = [
-        {"iterations": 2, "input_size": [32, 16]},
-        {
-            "iterations": 2,
-            "input_size": [32, 16],
-            "lr": 0.001,
-            "on": "finetune",
-            "classifier": "new",
-            "classifier_lr": 0.01,
-        },
-    ]
-    spec = make_spec(
-        "heads",
-        grid={"methods": ["spreid:model-l"], "train_datasets": ["market1501"], "finetune_datasets": ["dukemtmc"]},
-        train={
-            "iterations": None,
-            "optimizer": "sgd",
-            "lr": 0.01,
-            "warmup": 0,
-            "milestones": [],
-            "checkpoint_every": 1,
-            "check_every": 1,
-            "phases": phases,
-        },
-    )
+    spec = resume_spec(make_spec, method="spreid:model-l", finetune={"classifier": "new", "classifier_lr": 0.01})
     (cell,) = load_spec(spec).cells
     resources = Resources(world_size=1, device="cpu")
     crashed = MemorySink(crash_at=2)
@@ -166,7 +149,7 @@ def test_a_new_classifier_trains_resumes_at_the_boundary_and_is_the_kept_models(
     run_cell(cell, resources, str(tmp_path / "b"), "local", "1", sink=straight)
     assert "resumed from the checkpoint at step 2 (phase 2 of 2)" in capsys.readouterr().out
     final = straight.saved[4]["model"]
-    targets = 8  # the synthetic DukeMTMC-reID of 16 identities trains on 8
+    targets = 8  # the synthetic Market-1501 of 16 identities trains on 8
     assert final["phase_classifiers.1.weight"].shape[0] == targets
     assert not torch.equal(final["phase_classifiers.1.weight"], crashed.saved[2]["model"]["phase_classifiers.1.weight"])
     for name, value in final.items():  # the resumed run trained the same steps, the new classifier included

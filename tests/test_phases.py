@@ -110,17 +110,18 @@ def test_each_phase_loads_its_dataset_at_its_size_with_cues_from_each_members_ro
         assert seen == ({"market1501", "dukemtmc"} if plan.on == "train" else {"market1501"})
 
 
-def resume_spec(make_spec, *, file: str | None = None, **train):
+def resume_spec(make_spec, *, method: str = "baseline", finetune: dict | None = None, file: str | None = None, **train):
     """A union of two synthetic sets, then its fine-tuning target: two 2-step phases at two input
-    sizes, checkpointing after every step."""
+    sizes, checkpointing after every step. `finetune`: more keys of the second phase (e.g.
+    classifier = "new", tests/test_phase_heads.py); `train`: more [train] keys."""
     phases = [
         {"iterations": 2, "input_size": [32, 16]},
-        {"iterations": 2, "input_size": [48, 24], "lr": 0.001, "on": "finetune"},
+        {"iterations": 2, "input_size": [48, 24], "lr": 0.001, "on": "finetune", **(finetune or {})},
     ]
     return make_spec(
         "resume",
         file=file,
-        grid={"train_datasets": ["market1501+dukemtmc"], "finetune_datasets": ["market1501"]},
+        grid={"methods": [method], "train_datasets": ["market1501+dukemtmc"], "finetune_datasets": ["market1501"]},
         train={
             "iterations": None,
             "optimizer": "sgd",

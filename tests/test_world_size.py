@@ -60,9 +60,10 @@ pretrained = false
 LOSS_RTOL, EMBEDDING_ATOL = 1e-4, 1e-3
 
 
-def run(root: Path, name: str, world_size: int, extra: str = "") -> tuple[Store, str]:
+def run(root: Path, name: str, world_size: int, extra: str = "", template: str | None = None) -> tuple[Store, str]:
+    """`reidbench run` of `template` (default SPEC) at `world_size`, `extra` added to its [train]."""
     spec = root / f"{name}.toml"
-    spec.write_text(SPEC.format(world_size=world_size, extra=extra))
+    spec.write_text((template or SPEC).format(world_size=world_size, extra=extra))
     env = {**os.environ, "REIDBENCH_CACHE": str(root / "cache")}
     done = subprocess.run(
         [sys.executable, "-m", "harness.cli", "run", str(spec), "--store", name],
@@ -82,12 +83,12 @@ class _Runs(dict):
 
     WAYS = {"one": (1, ""), "two": (2, ""), "two-local-bn": (2, "sync_bn = false")}
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, template: str | None = None):
         super().__init__()
-        self.root = root
+        self.root, self.template = root, template
 
     def __missing__(self, name: str) -> tuple[Store, str]:
-        self[name] = run(self.root, name, *self.WAYS[name])
+        self[name] = run(self.root, name, *self.WAYS[name], template=self.template)
         return self[name]
 
 

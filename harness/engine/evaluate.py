@@ -18,12 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from harness import data
 from harness.data.cues import cue_refs, files_of
 from harness.data.fingerprint import as_json, fingerprint
 from harness.data.loader import shard_loader, test_transform
 from harness.data.synthetic import synthetic_root
+from harness.data.transforms import CueTransform
 from harness.engine.dist import DistEnv, gather_shards
 from harness.engine.rows import Trained, result_row
 from harness.engine.train import cues_on, extract_features
@@ -270,7 +272,7 @@ def evaluate_spatial(
     """
     start, marks = time.perf_counter(), marks or Marks()
     dim, locations = model.dim, model.locations
-    files, small = [], []
+    transform, files, small = test_transform(size, heatmap_stride=stride), [], []
     if env.is_main:
         scratch.mkdir(parents=True, exist_ok=True)
     model.eval()
@@ -283,17 +285,7 @@ def evaluate_spatial(
             torch.distributed.barrier()
         file = SpatialFile(path, len(samples), locations, dim, create=False)
         position = env.rank * -(-len(samples) // env.world_size)  # the first row of this rank's shard
-        loader = shard_loader(
-            samples,
-            test_transform(size, heatmap_stride=stride),
-            rank=env.rank,
-            world_size=env.world_size,
-            batch_size=batch_size,
-            num_workers=min(num_workers, 2),
-            pin_memory=env.device.type == "cuda",
-            cues=model.test_cues if cues is None else cues,
-            cue_root=root,
-        )
+        loader = _shard(model, samples, transform, env, root, batch_size=batch_size, num_workers=num_workers, cues=cues)
         kept = []
         with torch.no_grad():
             for inputs, _, _, *cue in loader:
@@ -352,21 +344,37 @@ def extract(
     features = []
     for part, samples in enumerate((test_set.query, test_set.gallery)):
         marks.extracting(part)
-        loader = shard_loader(
-            samples,
-            transform,
-            rank=env.rank,
-            world_size=env.world_size,
-            batch_size=batch_size,
-            num_workers=min(num_workers, 2),
-            pin_memory=env.device.type == "cuda",
-            cues=model.test_cues if cues is None else cues,
-            cue_root=root,
-        )
+        loader = _shard(model, samples, transform, env, root, batch_size=batch_size, num_workers=num_workers, cues=cues)
         shard = extract_features(model, loader, env.device)
         marks.gathering(part)
         features.append(gather_shards(shard, len(samples)))
     return features
+
+
+def _shard(
+    model: torch.nn.Module,
+    samples: Sequence[data.Sample],
+    transform: CueTransform,
+    env: DistEnv,
+    root: Path,
+    *,
+    batch_size: int,
+    num_workers: int,
+    cues: tuple[str, ...] | None,
+) -> DataLoader:
+    """This rank's shard of `samples`, in order (extract and evaluate_spatial): at most 2 workers,
+    `cues` (default the model's test cues) read under `root`."""
+    return shard_loader(
+        samples,
+        transform,
+        rank=env.rank,
+        world_size=env.world_size,
+        batch_size=batch_size,
+        num_workers=min(num_workers, 2),
+        pin_memory=env.device.type == "cuda",
+        cues=model.test_cues if cues is None else cues,
+        cue_root=root,
+    )
 
 
 def labels_of(test_set: data.ReidData) -> tuple[np.ndarray, ...]:

@@ -51,7 +51,7 @@ from harness.spec.schema import (
 )
 from harness.spec.values import BadValue, check_slurm, coerce_dataclass, freeze, locate, option_type_problem
 from harness.splits import SPLITS, split_name, split_names, split_of
-from methods import method_builder, method_names, method_variants, uses_triplet
+from methods import has_new_classifier, method_builder, method_names, method_variants, uses_triplet
 from methods.backbones import backbone_names
 
 _COMBINE_KEYS = ("name", "method", "parts", "normalize")
@@ -168,6 +168,7 @@ class _SpecParser:
         self._check_train(train)
         self._check_sizes(train, self._resources())
         self._check_finetune(train, finetune_sets)
+        self._check_classifiers(train, [method for method, _ in method_variants])
         options = self._method_options({method for method, _ in method_variants})
         resources = self._resources()
         self._check_split(train, resources)
@@ -455,6 +456,24 @@ class _SpecParser:
                 table="grid",
                 key="finetune_datasets",
             )
+
+    def _check_classifiers(self, t: TrainConfig, methods: list[str]) -> None:
+        """A phase's classifier = "new" or classifier_lr needs models that can replace their identity
+        classifier (registered with new_classifier=True): refused here, not when a cell starts."""
+        lacking = " and ".join(m for m in dict.fromkeys(methods) if not has_new_classifier(m))
+        for index, p in enumerate(t.phases):
+            given = (("classifier", p.classifier == "new"), ("classifier_lr", p.classifier_lr is not None))
+            keys = [key for key, set_here in given if set_here]
+            if keys and lacking:
+                able = ", ".join(m for m in method_names() if has_new_classifier(m))
+                self._fail(
+                    f"phase {index + 1} ([[train.phases]]): {keys[0]} = {_toml(getattr(p, keys[0]))} needs a method "
+                    f"whose model has one identity classifier it can replace ({able}); {lacking} "
+                    f"{'have' if ' and ' in lacking else 'has'} none. Remove {' and '.join(keys)} from the phase, "
+                    f"or move {lacking} to a spec without them",
+                    table="train",
+                    line=self._phase_line(index, keys[0]),
+                )
 
     def _method_options(self, methods: set[str]) -> dict[str, tuple[tuple[str, Any], ...]]:
         """[method_options.<method>]: keyword arguments of the builder, checked against its signature."""

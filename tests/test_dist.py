@@ -34,6 +34,27 @@ def test_gather_shards_concatenates_uneven_shards_in_rank_order(tmp_path):
     mp.spawn(_gather, args=(str(tmp_path / "rendezvous"),), nprocs=2)
 
 
+def _short_shard(rank: int, rendezvous: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
+    try:
+        from harness.engine.dist import gather_shards
+
+        shard = torch.ones(3 if rank == 0 else 1, 4)  # rank 1 lost an image: 1 row where 2 are its share of 5
+        try:
+            gather_shards(shard, 5)
+        except RuntimeError as err:
+            assert "rank 1: 1 rows, 2 expected" in str(err), err  # on both ranks, before any row is gathered
+        else:
+            raise AssertionError("a short shard was padded silently")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gather_shards_refuses_a_shard_of_the_wrong_size_on_every_rank(tmp_path):
+    mp.spawn(_short_shard, args=(str(tmp_path / "rendezvous"),), nprocs=2)
+
+
 def _global_batch_worker(rank: int, port: int, out: str) -> None:
     """Rank `rank` of 2 trains on its half of a batch as DDP would (each rank's loss is the mean over its
     own images, gradients averaged); rank 0 writes what it saw, and the one-process reference."""

@@ -130,13 +130,26 @@ def broadcast_buffers(model: torch.nn.Module) -> None:
 
 
 def gather_shards(shard: torch.Tensor, total: int) -> torch.Tensor:
-    """Concatenate every rank's contiguous shard (see data.loader.shard_loader) in rank order."""
+    """Concatenate every rank's contiguous shard (see data.loader.shard_loader) in rank order.
+
+    Each rank's row count is checked first, on every rank: a shard shorter or longer than its share
+    of `total` would otherwise be padded or cut silently, and its images scored as another's."""
     if not dist.is_initialized():
+        if len(shard) != total:
+            raise RuntimeError(f"gather_shards: {len(shard)} rows extracted, {total} expected")
         return shard
     world_size = dist.get_world_size()
     per_rank = -(-total // world_size)
     # NCCL gathers only GPU tensors: the shards travel on this rank's device, and come back where they were.
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else shard.device
+    counts = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(world_size)]
+    dist.all_gather(counts, torch.tensor([len(shard)], dtype=torch.int64, device=device))
+    expected = [max(0, min(per_rank, total - rank * per_rank)) for rank in range(world_size)]
+    wrong = [
+        f"rank {rank}: {int(c)} rows, {e} expected" for rank, (c, e) in enumerate(zip(counts, expected)) if int(c) != e
+    ]
+    if wrong:
+        raise RuntimeError(f"gather_shards: shards of the wrong size ({'; '.join(wrong)}) for {total} rows")
     padded = shard.new_zeros((per_rank, *shard.shape[1:]), device=device)
     padded[: len(shard)] = shard
     parts = [torch.empty_like(padded) for _ in range(world_size)]

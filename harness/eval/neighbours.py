@@ -122,8 +122,7 @@ def euclidean_neighbours(
                 .clamp_(min=0.0)
             )
         fold_block(near, near_sq, d, start, stop, first=start == 0)
-        fold_block(far, far_neg, d.neg_(), start, stop, first=start == 0)
-        d.neg_()
+        fold_block(far, far_neg, d, start, stop, first=start == 0, largest=True)
         if start < num_q:  # query rows: their gallery columns are all >= start
             q_stop, g0 = min(stop, num_q), max(start, num_q)
             out[start:q_stop, g0 - num_q :] = d[: q_stop - start, g0 - start :].cpu()
@@ -160,30 +159,41 @@ def squared_block(a: torch.Tensor, b: torch.Tensor, a_norm: torch.Tensor, b_norm
 # -- the running lists -----------------------------------------------------------------------------
 
 
-def fold_block(near, near_sq, d: torch.Tensor, start: int, stop: int, *, first: bool) -> None:
+def fold_block(near, near_sq, d: torch.Tensor, start: int, stop: int, *, first: bool, largest: bool = False) -> None:
     """Fold block rows [start, stop) x items [start, N) of values ``d`` into both sides' lists of smallest values.
 
     The part against later items also serves, transposed, as those items' values to the block.
     After the first block every list is full, and a pair can only enter a list if it beats that
     list's current last entry: those few pairs are merged instead of a top-k over every block.
+    ``largest``: the lists keep the largest values, stored negated (the smallest of ``-d``), and
+    ``d`` is compared as it is rather than negated in full (two passes over the block saved).
     """
     n, keep, device = near.shape[0], near.shape[1], d.device
     later = d[:, stop - start :]
+    sign = -1.0 if largest else 1.0
     if first:
         k = min(keep, d.shape[1])
-        vals, idx = torch.topk(d, k, dim=1, largest=False, sorted=False)
-        merge_nearest(near, near_sq, torch.arange(start, stop, device=device), vals, idx + start)
+        vals, idx = torch.topk(d, k, dim=1, largest=largest, sorted=False)
+        merge_nearest(near, near_sq, torch.arange(start, stop, device=device), vals * sign, idx + start)
         for s in range(0, later.shape[1], 8192):
             part = later[:, s : s + 8192]
-            vals, idx = torch.topk(part, min(keep, part.shape[0]), dim=0, largest=False, sorted=False)
+            vals, idx = torch.topk(part, min(keep, part.shape[0]), dim=0, largest=largest, sorted=False)
             merge_nearest(
-                near, near_sq, torch.arange(stop + s, stop + s + part.shape[1], device=device), vals.T, idx.T + start
+                near,
+                near_sq,
+                torch.arange(stop + s, stop + s + part.shape[1], device=device),
+                vals.T * sign,
+                idx.T + start,
             )
         return
-    r_i, r_j = (d < near_sq[start:stop, -1:]).nonzero(as_tuple=True)
-    c_j, c_i = (later < near_sq[None, stop:n, -1]).T.nonzero(as_tuple=True)
-    merge_pairs(near, near_sq, r_i + start, r_j + start, d[r_i, r_j])
-    merge_pairs(near, near_sq, c_j + stop, c_i + start, later[c_i, c_j])
+    # A pair enters a row's list when it beats the last entry: d < last, or for largest -d < last.
+    row_last, col_last = near_sq[start:stop, -1:] * sign, near_sq[None, stop:n, -1] * sign
+    r_i, r_j = ((d > row_last) if largest else (d < row_last)).nonzero(as_tuple=True)
+    c_i, c_j = ((later > col_last) if largest else (later < col_last)).nonzero(as_tuple=True)
+    order = torch.argsort(c_j, stable=True)  # by the later item, then by block row (merge_pairs' order)
+    c_i, c_j = c_i[order], c_j[order]
+    merge_pairs(near, near_sq, r_i + start, r_j + start, d[r_i, r_j] * sign)
+    merge_pairs(near, near_sq, c_j + stop, c_i + start, later[c_i, c_j] * sign)
 
 
 def merge_nearest(near, near_sq, rows: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor) -> None:

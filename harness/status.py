@@ -137,7 +137,7 @@ def _with_trainers(statuses: list[CellStatus], store: Store) -> list[CellStatus]
     out = []
     for status in statuses:
         trainer = status.cell.trainer()
-        if trainer is None or status.state in ("done", "running") or status.active:
+        if trainer is None or status.state == "done" or status.active:
             out.append(status)
             continue
         training = by_id.get(trainer.id)

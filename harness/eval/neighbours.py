@@ -160,7 +160,8 @@ def squared_block(a: torch.Tensor, b: torch.Tensor, a_norm: torch.Tensor, b_norm
 
 
 def fold_block(near, near_sq, d: torch.Tensor, start: int, stop: int, *, first: bool, largest: bool = False) -> None:
-    """Fold block rows [start, stop) x items [start, N) of values ``d`` into both sides' lists of smallest values.
+    """Fold block rows [start, stop) x items [start, N) of values ``d`` into both sides' running lists
+    (of the smallest values; with ``largest``, of the largest).
 
     The part against later items also serves, transposed, as those items' values to the block.
     After the first block every list is full, and a pair can only enter a list if it beats that

@@ -113,12 +113,17 @@ def test_asymmetric_inputs_use_columns_like_the_reference(keep, monkeypatch) -> 
 @pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
 @pytest.mark.parametrize("keep", [1, 3])
 def test_features_entry_matches_dense_reference(metric, keep, monkeypatch) -> None:
-    # Small blocks force several row blocks, pair blocks and Jaccard blocks;
-    # keep=1 makes most weights' distances come from recomputed feature blocks.
+    # Small blocks force several row blocks (of both neighbour passes), pair blocks, mask blocks
+    # and Jaccard blocks; keep=1 makes most weights' distances come from recomputed feature blocks.
+    import harness.eval.neighbours as nb
     import harness.eval.rerank as rr
 
     monkeypatch.setattr(rr, "_KEEP", keep)
+    monkeypatch.setattr(rr, "_KEEP_FLOAT32", keep)
     monkeypatch.setattr(rr, "_ROW_BLOCK", 7)
+    monkeypatch.setattr(nb, "_ROW_BLOCK", 7)
+    monkeypatch.setattr(nb, "_FIRST_BLOCK", 7)
+    monkeypatch.setattr(rr, "_MASK_CELLS", 171 * 4)  # 4 rows per block of the expansion's mask
     monkeypatch.setattr(rr, "_PAIR_BLOCK", 5)
     monkeypatch.setattr(rr, "_JACCARD_CELLS", 300)  # a few queries per Jaccard block
     q, g = _problem(6, num_q=41, num_g=130)
@@ -205,7 +210,9 @@ def test_bfloat16_pass_is_identical_to_float32_including_ties(keep, monkeypatch)
     import harness.eval.rerank as rr
 
     monkeypatch.setattr(rr, "_KEEP", keep)
+    monkeypatch.setattr(rr, "_KEEP_FLOAT32", keep)
     monkeypatch.setattr(nb, "_ROW_BLOCK", 16)
+    monkeypatch.setattr(nb, "_FIRST_BLOCK", 16)
     q, g = _tied_problem()
     exact = rerank_features(q, g, precision="float32")
     low = rerank_features(q, g, precision="bfloat16")
@@ -230,6 +237,7 @@ def test_bfloat16_candidates_really_differ_and_rows_fall_back(monkeypatch) -> No
         "harness.eval.rerank.euclidean_neighbours", lambda *a, **k: found.append(original(*a, **k)) or found[-1]
     )
     monkeypatch.setattr(nb, "_ROW_BLOCK", 16)
+    monkeypatch.setattr(nb, "_FIRST_BLOCK", 16)
     monkeypatch.setattr("harness.eval.rerank._KEEP", 1)
     rerank_features(q, g, precision="bfloat16")
     assert found[0].fallback_rows > 0

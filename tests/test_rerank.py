@@ -289,6 +289,44 @@ def test_neighbours_are_ordered_by_distance_then_index(precision) -> None:
     assert torch.equal(found.knn, order[:, :21])
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_result_does_not_depend_on_the_thread_count(metric, monkeypatch) -> None:
+    # Independent pieces run on as many Python threads as the caller's torch threads
+    # (harness.eval.threads); small blocks give every thread several pieces, in spans of uneven size.
+    import harness.eval.neighbours as nb
+    import harness.eval.rerank as rr
+
+    monkeypatch.setattr(nb, "_ROW_BLOCK", 16)
+    monkeypatch.setattr(nb, "_FIRST_BLOCK", 16)
+    monkeypatch.setattr(nb, "_RESCORE_ELEMENTS", 16 * 7)
+    monkeypatch.setattr(rr, "_ROW_BLOCK", 16)
+    monkeypatch.setattr(rr, "_MASK_CELLS", 171 * 5)
+    monkeypatch.setattr(rr, "_JACCARD_CELLS", 131 * 3)
+    q, g = _problem(8, num_q=40, num_g=131)
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            results.append(rerank_features(q, g, metric=metric))
+    finally:
+        torch.set_num_threads(before)
+    assert np.array_equal(results[0], results[1])
+    expected = _dense_reference(*_matrices(q, g, metric))
+    assert np.abs(results[1] - expected).max() <= 1e-4
+
+
+def test_workers_cover_a_range_in_aligned_spans() -> None:
+    from harness.eval.threads import Workers
+
+    with Workers(3) as workers:
+        assert workers.spans(10) == [(0, 4), (4, 8), (8, 10)]
+        assert workers.spans(100, align=16) == [(0, 48), (48, 96), (96, 100)]
+        assert workers.spans(5, align=16) == [(0, 5)]
+        assert workers.spans(0) == [(0, 0)]
+        assert workers.map(lambda x: x * x, range(7)) == [0, 1, 4, 9, 16, 25, 36]
+
+
 def test_torch_thread_setting_is_restored() -> None:
     # Re-ranking runs torch's small kernels on one thread (they lose most under shared cores) and
     # must hand the caller's setting back, also when it raises.

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from harness.eval.distance import matmul_nt
+from harness.eval.threads import INLINE, Workers
 
 PRECISIONS = ("auto", "float32", "bfloat16")
 
@@ -49,7 +50,7 @@ _FIRST_BLOCK = 1024
 _FAR = 8
 _U32 = 2.0**-24  # float32 unit roundoff
 _UBF = 2.0**-8  # bfloat16 unit roundoff
-_RESCORE_ELEMENTS = 1 << 18  # feature elements per canonical re-scoring chunk (1 MB: stays in the L2 cache)
+_RESCORE_ELEMENTS = 1 << 19  # feature elements per canonical re-scoring chunk (2 MB; 1 MB and 4 MB were slower)
 # auto picks bfloat16 from this many images: below it the re-scoring (N x ~60 pairs x D, memory-bound)
 # costs about what the faster GEMM (N^2 / 2 pairs x D) saves (measured: no gain at 2,000 images).
 _BF16_FROM = 20_000
@@ -85,28 +86,49 @@ def _cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def exact_squares(feats: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+def exact_squares(
+    feats: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, workers: Workers = INLINE
+) -> torch.Tensor:
     """The canonical squared distance of each (row, col) pair: ``sum((x_r - x_c) ** 2)`` in float32.
 
     Symmetric bit for bit (``fl(a - b) = -fl(b - a)``), and a pair's value does not depend on the
-    other pairs in the call: each is one row of D reduced by the same single-threaded kernel.
+    other pairs in the call: each is one row of D reduced by the same single-threaded kernel (so
+    neither on how the pairs are spread over ``workers``).
     """
     out = torch.empty(rows.shape[0], dtype=torch.float32, device=feats.device)
     step = max(1, _RESCORE_ELEMENTS // max(1, feats.shape[1]))
-    for s in range(0, rows.shape[0], step):
-        # index_select copies whole rows; advanced indexing (feats[idx]) took twice as long here
-        diff = torch.index_select(feats, 0, rows[s : s + step])
-        diff.sub_(torch.index_select(feats, 0, cols[s : s + step]))
-        out[s : s + step] = diff.square_().sum(dim=1)
+
+    def span(bounds: tuple[int, int]) -> None:
+        # Two buffers for the whole span: a fresh pair per chunk cost a page-faulting allocation
+        # each (the single-threaded re-scoring of 45,000 pairs at 2,048-d took 57-200 ms, now 50 ms).
+        diff = torch.empty((step, feats.shape[1]), dtype=feats.dtype, device=feats.device)
+        other = torch.empty_like(diff)
+        for s in range(bounds[0], bounds[1], step):
+            e = min(s + step, bounds[1])
+            d, o = diff[: e - s], other[: e - s]
+            # index_select copies whole rows; advanced indexing (feats[idx]) took twice as long here
+            torch.index_select(feats, 0, rows[s:e], out=d)
+            torch.index_select(feats, 0, cols[s:e], out=o)
+            torch.sum(d.sub_(o).square_(), dim=1, out=out[s:e])
+
+    workers.map(span, workers.spans(rows.shape[0], align=step))
     return out
 
 
 def euclidean_neighbours(
-    feats: torch.Tensor, num_q: int, k: int, keep: int, out: torch.Tensor, precision: str, gemm_threads: int = 0
+    feats: torch.Tensor,
+    num_q: int,
+    k: int,
+    keep: int,
+    out: torch.Tensor,
+    precision: str,
+    gemm_threads: int = 0,
+    workers: Workers = INLINE,
 ) -> Neighbours:
     """The exact neighbours (see the module docstring); writes the query rows' float32 squared
     distances to the gallery, divided by their exact row maximum, into ``out`` (Nq x Ng, CPU).
-    ``gemm_threads``: torch threads for the bfloat16 GEMM (0: leave torch's setting alone)."""
+    ``gemm_threads``: torch threads for the bfloat16 GEMM (0: leave torch's setting alone);
+    ``workers``: threads for the independent pieces (each block's two lists, the re-scoring)."""
     n, device = feats.shape[0], feats.device
     keep, far_keep, k = min(keep, n), min(_FAR, n), min(k, n)
     norms = (feats * feats).sum(dim=1)
@@ -128,8 +150,12 @@ def euclidean_neighbours(
                 .add_(norms[None, start:])
                 .clamp_(min=0.0)
             )
-        fold_block(near, near_sq, d, start, stop, first=start == 0)
-        fold_block(far, far_neg, d, start, stop, first=start == 0, largest=True)
+        workers.map(  # the near and the far lists are folded side by side
+            lambda lists, d=d, start=start, stop=stop: fold_block(
+                *lists[:2], d, start, stop, first=start == 0, largest=lists[2]
+            ),
+            ((near, near_sq, False), (far, far_neg, True)),
+        )
         if start < num_q:  # query rows: their gallery columns are all >= start
             q_stop, g0 = min(stop, num_q), max(start, num_q)
             out[start:q_stop, g0 - num_q :] = d[: q_stop - start, g0 - start :].cpu()
@@ -139,7 +165,7 @@ def euclidean_neighbours(
         rows, cols, frows, fcols = _full_row_candidates(feats, norms, fallback, k)
         cand_rows, cand_cols = torch.cat([cand_rows, rows]), torch.cat([cand_cols, cols])
         far_rows, far_cols = torch.cat([far_rows, frows]), torch.cat([far_cols, fcols])
-    result = _exact_lists(feats, cand_rows, cand_cols, far_rows, far_cols, n, k)
+    result = _exact_lists(feats, cand_rows, cand_cols, far_rows, far_cols, n, k, workers)
     result.fallback_rows = int(fallback.numel())
     for s in range(0, num_q, 4096):
         e = min(s + 4096, num_q)
@@ -331,20 +357,22 @@ def _full_row_candidates(feats: torch.Tensor, norms: torch.Tensor, rows: torch.T
     return tuple(torch.cat(p) for p in parts)
 
 
-def _symmetric_squares(feats: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, n: int) -> torch.Tensor:
+def _symmetric_squares(
+    feats: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, n: int, workers: Workers = INLINE
+) -> torch.Tensor:
     """exact_squares of the pairs, each unordered pair scored once: candidate lists are mostly
     mutual (i near j, j near i), and the canonical value is symmetric bit for bit."""
     low, high = torch.minimum(rows, cols), torch.maximum(rows, cols)
     pairs, where = torch.unique(low * n + high, return_inverse=True)
-    return exact_squares(feats, pairs // n, pairs % n)[where]
+    return exact_squares(feats, pairs // n, pairs % n, workers)[where]
 
 
-def _exact_lists(feats, rows, cols, far_rows, far_cols, n: int, k: int) -> Neighbours:
+def _exact_lists(feats, rows, cols, far_rows, far_cols, n: int, k: int, workers: Workers = INLINE) -> Neighbours:
     """Re-score candidates canonically; order each row's by (distance, index); take the row maxima."""
     device = feats.device
     key = torch.unique(rows * n + cols)  # sorted by row, then by column
     rows, cols = key // n, key % n
-    vals = _symmetric_squares(feats, rows, cols, n)
+    vals = _symmetric_squares(feats, rows, cols, n, workers)
     order = torch.argsort(vals, stable=True)  # by value; equal values keep the column order
     order = order[torch.argsort(rows[order], stable=True)]  # then grouped by row
     rows, cols, vals = rows[order], cols[order], vals[order]
@@ -354,6 +382,6 @@ def _exact_lists(feats, rows, cols, far_rows, far_cols, n: int, k: int) -> Neigh
     near = torch.full((n, width), -1, dtype=torch.int64, device=device)
     near_sq = torch.full((n, width), float("inf"), dtype=torch.float32, device=device)
     near[rows, pos], near_sq[rows, pos] = cols, vals
-    far_vals = exact_squares(feats, far_rows, far_cols)
+    far_vals = exact_squares(feats, far_rows, far_cols, workers)
     row_max = torch.zeros(n, dtype=torch.float32, device=device).scatter_reduce_(0, far_rows, far_vals, reduce="amax")
     return Neighbours(near[:, :k].contiguous(), near, near_sq, row_max, 0)

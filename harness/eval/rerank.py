@@ -40,6 +40,7 @@ import torch
 
 from harness.eval.distance import Metric, as_features, check_metric, distance_block, gallery_norm
 from harness.eval.neighbours import euclidean_neighbours, exact_squares, fold_block, resolve_precision
+from harness.eval.threads import INLINE, Workers
 
 # Rows of the distance matrix per block in the neighbour pass; memory is block x N float32.
 _ROW_BLOCK = 512
@@ -155,7 +156,7 @@ class _MatrixSource:
             parts.append(torch.cat([self.q_g[:, s:e].T, self.g_g[:, s:e].T], dim=1))
         return torch.cat(parts).float()
 
-    def pair_squares(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    def pair_squares(self, rows: torch.Tensor, cols: torch.Tensor, workers: Workers = INLINE) -> torch.Tensor:
         return self.pairs(rows, cols).square_()
 
     def pairs(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -188,10 +189,10 @@ class _FeatureSource:
         # on first use: the Euclidean path never asks for it (its neighbour pass keeps its own norms)
         return gallery_norm(self.feats, self.metric)
 
-    def pair_squares(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    def pair_squares(self, rows: torch.Tensor, cols: torch.Tensor, workers: Workers = INLINE) -> torch.Tensor:
         """Squared distances of (row, col) pairs; euclidean ones by the canonical exact kernel."""
         if self.metric == "euclidean":
-            return exact_squares(self.feats, rows, cols)
+            return exact_squares(self.feats, rows, cols, workers)
         return self.pairs(rows, cols).square_()
 
     def rows(self, start: int, stop: int) -> torch.Tensor:
@@ -233,7 +234,8 @@ def _one_torch_thread(device: torch.device) -> Iterator[None]:
     small gathers, sorts and scatters. Each of torch's OpenMP regions ends in a barrier, and when the
     cores are shared with another busy process (a cluster node's data-loading workers) a thread that
     waits at it for a descheduled sibling wastes its time slice: measured on this 2-core machine
-    under load, 2,000 images took 5.8 s with 2 torch threads and 0.7 s with one.
+    under load, 2,000 images took 5.8 s with 2 torch threads and 0.7 s with one. The caller's thread
+    count is used instead for Python threads over independent pieces (:mod:`harness.eval.threads`).
     """
     if device.type != "cpu":
         yield
@@ -251,10 +253,11 @@ def _rerank(source, num_q: int, num_g: int, k1: int, k2: int, lam: float, device
     out = np.empty((num_q, num_g), dtype=np.float32)
     out_t = torch.from_numpy(out)
     threads = torch.get_num_threads()
-    with torch.no_grad(), _one_torch_thread(device):
+    # the caller's torch threads, as Python threads for independent pieces (harness.eval.threads)
+    with torch.no_grad(), _one_torch_thread(device), Workers(threads if device.type == "cpu" else 1) as workers:
         if isinstance(source, _FeatureSource) and source.metric == "euclidean":
             keep = (_KEEP_FLOAT32 if source.precision == "float32" else _KEEP) * (k1 + 1)
-            found = euclidean_neighbours(source.feats, num_q, k1 + 1, keep, out_t, source.precision, threads)
+            found = euclidean_neighbours(source.feats, num_q, k1 + 1, keep, out_t, source.precision, threads, workers)
             knn, near, near_sq, row_max = found.knn, found.near, found.near_sq, found.row_max
         else:
             if isinstance(source, _FeatureSource) and isinstance(source.metric, str):
@@ -262,10 +265,10 @@ def _rerank(source, num_q: int, num_g: int, k1: int, k2: int, lam: float, device
             else:
                 near, near_sq, row_max = _neighbours(source, n, num_q, k1, out_t, device)
             knn = near[:, : min(k1 + 1, n)].contiguous()
-        v_crow, v_col, v_val = _k_reciprocal_weights(source, knn, near, near_sq, row_max, k1)
+        v_crow, v_col, v_val = _k_reciprocal_weights(source, knn, near, near_sq, row_max, k1, workers)
         if k2 != 1:
-            v_crow, v_col, v_val = _query_expansion(v_crow, v_col, v_val, knn[:, :k2], n)
-        _combine_jaccard(v_crow, v_col, v_val, num_q, n, lam, out_t)
+            v_crow, v_col, v_val = _query_expansion(v_crow, v_col, v_val, knn[:, :k2], n, workers)
+        _combine_jaccard(v_crow, v_col, v_val, num_q, n, lam, out_t, workers)
     return out
 
 
@@ -322,7 +325,7 @@ def _neighbours_symmetric(source, n: int, num_q: int, k1: int, out: torch.Tensor
     return near, near_sq, row_max
 
 
-def _pair_squares(source, rows, cols, near, near_sq) -> torch.Tensor:
+def _pair_squares(source, rows, cols, near, near_sq, workers: Workers = INLINE) -> torch.Tensor:
     """Squared distances of (row, col) pairs: from the kept lists, else from the source."""
     out = torch.empty(rows.shape[0], dtype=torch.float32, device=rows.device)
     found = torch.zeros(rows.shape[0], dtype=torch.bool, device=rows.device)
@@ -334,84 +337,105 @@ def _pair_squares(source, rows, cols, near, near_sq) -> torch.Tensor:
         out[s : s + step] = near_sq[rows[s : s + step], pos]
     missing = (~found).nonzero(as_tuple=True)[0]
     if missing.numel():
-        out[missing] = source.pair_squares(rows[missing], cols[missing])
+        out[missing] = source.pair_squares(rows[missing], cols[missing], workers)
     return out
 
 
-def _reciprocal(knn: torch.Tensor, fill: int) -> torch.Tensor:
+def _reciprocal(knn: torch.Tensor, fill: int, workers: Workers = INLINE) -> torch.Tensor:
     """R(i, k): entries of ``knn`` (N, k) that have i among their own first k neighbours, else ``fill``."""
     out = torch.empty_like(knn)
     k = knn.shape[1]
     step = max(1, (1 << 22) // (k * k))
-    for s in range(0, knn.shape[0], step):
+
+    def block(s: int) -> None:
         nb = knn[s : s + step]
         me = torch.arange(s, s + nb.shape[0], device=knn.device)[:, None, None]
         mutual = (knn[nb] == me).any(dim=2)
         out[s : s + step] = torch.where(mutual, nb, fill)
+
+    workers.map(block, range(0, knn.shape[0], step))
     return out
 
 
 def _k_reciprocal_weights(
-    source, knn: torch.Tensor, near: torch.Tensor, near_sq: torch.Tensor, row_max: torch.Tensor, k1: int
+    source,
+    knn: torch.Tensor,
+    near: torch.Tensor,
+    near_sq: torch.Tensor,
+    row_max: torch.Tensor,
+    k1: int,
+    workers: Workers = INLINE,
 ):
     """Sparse V (CSR triple): Gaussian weights over each item's expanded k-reciprocal set."""
     n, k = knn.shape
     half = int(np.around(k1 / 2.0)) + 1
-    recip = _reciprocal(knn, -1)  # (N, k1+1), -1 = not reciprocal
-    recip_half = _reciprocal(knn[:, : min(half, k)].contiguous(), -2)  # (N, half), -2 = not reciprocal
+    recip = _reciprocal(knn, -1, workers)  # (N, k1+1), -1 = not reciprocal
+    recip_half = _reciprocal(knn[:, : min(half, k)].contiguous(), -2, workers)  # (N, half), -2 = not reciprocal
     h = recip_half.shape[1]
     half_size = (recip_half >= 0).sum(dim=1)
-    rows_parts, cols_parts = [], []
     # |R(c, k1/2) ∩ R(i, k1)| through a membership mask: block row b's R(i, k1) is marked in mask row
     # b, each of the k x h candidates is one lookup, and the marks are cleared after the block (no
-    # k x h x k comparisons, no refill of the mask).
+    # k x h x k comparisons, no refill of the mask). Each worker's span of rows has a mask of its own.
     step = max(1, min((1 << 22) // (k * h * k), _MASK_CELLS // n))  # (b, k + k h) is sorted below: b stays small
-    mask = torch.zeros(min(step, n) * n, dtype=torch.bool, device=knn.device)
-    for s in range(0, n, step):
-        r = recip[s : s + step]  # (b, k)
-        cand = recip_half[r.clamp(min=0)]  # (b, k, h): R(c, k1/2) of every candidate c
-        base = torch.arange(r.shape[0], device=knn.device)[:, None] * n
-        marks = (base + r)[r >= 0]
-        mask[marks] = True
-        inter = (mask[(base[:, :, None] + cand.clamp(min=0)).view(-1)].view(cand.shape) & (cand >= 0)).sum(dim=2)
-        mask[marks] = False
-        size = half_size[r.clamp(min=0)]
-        accept = (r >= 0) & (inter.double() > (2.0 / 3.0) * size.double())
-        cand = torch.where(accept[..., None], cand, -1).reshape(r.shape[0], -1)
-        members = torch.cat([r, cand], dim=1).sort(dim=1).values
-        fresh = members >= 0
-        fresh[:, 1:] &= members[:, 1:] != members[:, :-1]
-        b_idx, pos = fresh.nonzero(as_tuple=True)
-        rows_parts.append(b_idx + s)
-        cols_parts.append(members[b_idx, pos])
-    rows, cols = torch.cat(rows_parts), torch.cat(cols_parts)
-    dist = _pair_squares(source, rows, cols, near, near_sq) / row_max[rows]
+
+    def span(bounds: tuple[int, int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        mask = torch.zeros(min(step, n) * n, dtype=torch.bool, device=knn.device)
+        return [
+            _expanded_members(recip, recip_half, half_size, mask, s, min(s + step, bounds[1]), n)
+            for s in range(*bounds, step)
+        ]
+
+    parts = [part for spans in workers.map(span, workers.spans(n, align=step)) for part in spans]
+    rows, cols = torch.cat([r for r, _ in parts]), torch.cat([c for _, c in parts])
+    dist = _pair_squares(source, rows, cols, near, near_sq, workers) / row_max[rows]
     weight = torch.exp(-dist)
     total = torch.zeros(n, dtype=torch.float32, device=knn.device).index_add_(0, rows, weight)
     crow = _crow(rows, n)
     return crow, cols, weight / total[rows]
 
 
-def _query_expansion(crow, col, val, nb: torch.Tensor, n: int):
+def _expanded_members(recip, recip_half, half_size, mask, s: int, e: int, n: int):
+    """(row, member) pairs of rows [s, e): R(i, k1) and every R(c, k1/2) that passes the 2/3 test."""
+    r = recip[s:e]  # (b, k)
+    cand = recip_half[r.clamp(min=0)]  # (b, k, h): R(c, k1/2) of every candidate c
+    base = torch.arange(r.shape[0], device=recip.device)[:, None] * n
+    marks = (base + r)[r >= 0]
+    mask[marks] = True
+    inter = (mask[(base[:, :, None] + cand.clamp(min=0)).view(-1)].view(cand.shape) & (cand >= 0)).sum(dim=2)
+    mask[marks] = False
+    size = half_size[r.clamp(min=0)]
+    accept = (r >= 0) & (inter.double() > (2.0 / 3.0) * size.double())
+    cand = torch.where(accept[..., None], cand, -1).reshape(r.shape[0], -1)
+    members = torch.cat([r, cand], dim=1).sort(dim=1).values
+    fresh = members >= 0
+    fresh[:, 1:] &= members[:, 1:] != members[:, :-1]
+    b_idx, pos = fresh.nonzero(as_tuple=True)
+    return b_idx + s, members[b_idx, pos]
+
+
+def _query_expansion(crow, col, val, nb: torch.Tensor, n: int, workers: Workers = INLINE):
     """V_qe[i] = mean of V over i's k2 nearest neighbours (sparse rows summed, then / k2)."""
     k2 = nb.shape[1]
     row_counts = crow[1:] - crow[:-1]
-    rows_parts, cols_parts, vals_parts = [], [], []
     step = max(1, int((1 << 23) // max(1, k2 * int(row_counts.float().mean().ceil()))))
-    for s in range(0, n, step):
+    step = min(step, -(-n // workers.count))  # a block for every worker
+
+    def block(s: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         src = nb[s : s + step].reshape(-1)
         owner, c, v = _gather_rows(crow, col, val, src)
         owner = owner // k2 + s
         key, inverse = torch.unique(owner * n + c, return_inverse=True)
         summed = torch.zeros(key.shape[0], dtype=torch.float32, device=val.device).index_add_(0, inverse, v)
-        rows_parts.append(key // n)
-        cols_parts.append(key % n)
-        vals_parts.append(summed / k2)
+        return key // n, key % n, summed / k2
+
+    rows_parts, cols_parts, vals_parts = zip(*workers.map(block, range(0, n, step)))
     rows = torch.cat(rows_parts)
     return _crow(rows, n), torch.cat(cols_parts), torch.cat(vals_parts)
 
 
-def _combine_jaccard(crow, col, val, num_q: int, n: int, lam: float, out: torch.Tensor) -> None:
+def _combine_jaccard(
+    crow, col, val, num_q: int, n: int, lam: float, out: torch.Tensor, workers: Workers = INLINE
+) -> None:
     """out[q, g] <- (1 - lam) * jaccard(q, g) + lam * out[q, g], block of queries at a time.
 
     sum_k min(V[q, k], V[g, k]) is accumulated through an inverted (column) index of V's gallery
@@ -453,12 +477,17 @@ def _combine_jaccard(crow, col, val, num_q: int, n: int, lam: float, out: torch.
     where = offset[g_cols] + pos
     flat_rows[where], flat_vals[where] = g_rows, g_vals
     tables = [  # (power, gallery rows, values), one row of 2^power per column
-        (power, flat_rows[a : a + (m << power)].view(m, 1 << power), flat_vals[a : a + (m << power)].view(m, 1 << power))
+        (
+            power,
+            flat_rows[a : a + (m << power)].view(m, 1 << power),
+            flat_vals[a : a + (m << power)].view(m, 1 << power),
+        )
         for power, a, m in layout
     ]
     stride = num_g + 1
     block = max(1, _JACCARD_CELLS // stride)  # queries per block: the accumulator stays in cache
-    for start in range(0, num_q, block):
+
+    def accumulate(start: int) -> None:
         stop = min(start + block, num_q)
         lo, hi = int(crow[start]), int(crow[stop])
         k, a = col[lo:hi], val[lo:hi]
@@ -479,6 +508,8 @@ def _combine_jaccard(crow, col, val, num_q: int, n: int, lam: float, out: torch.
         jaccard = 1.0 - acc / (2.0 - acc)
         original = out[start:stop].to(device)
         out[start:stop] = (jaccard * (1.0 - lam) + original * lam).cpu()
+
+    workers.map(accumulate, range(0, num_q, block))
 
 
 # --------------------------------------------------------------------------

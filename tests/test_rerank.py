@@ -123,6 +123,7 @@ def test_features_entry_matches_dense_reference(metric, keep, monkeypatch) -> No
     monkeypatch.setattr(rr, "_ROW_BLOCK", 7)
     monkeypatch.setattr(nb, "_ROW_BLOCK", 7)
     monkeypatch.setattr(nb, "_FIRST_BLOCK", 7)
+    monkeypatch.setattr(nb, "_GEMM_ROWS", 3)
     monkeypatch.setattr(rr, "_MASK_CELLS", 171 * 4)  # 4 rows per block of the expansion's mask
     monkeypatch.setattr(rr, "_PAIR_BLOCK", 5)
     monkeypatch.setattr(rr, "_JACCARD_CELLS", 300)  # a few queries per Jaccard block
@@ -299,6 +300,7 @@ def test_result_does_not_depend_on_the_thread_count(metric, monkeypatch) -> None
     monkeypatch.setattr(nb, "_ROW_BLOCK", 16)
     monkeypatch.setattr(nb, "_FIRST_BLOCK", 16)
     monkeypatch.setattr(nb, "_RESCORE_ELEMENTS", 16 * 7)
+    monkeypatch.setattr(nb, "_GEMM_ROWS", 5)  # GEMM slabs shared among the threads
     monkeypatch.setattr(rr, "_ROW_BLOCK", 16)
     monkeypatch.setattr(rr, "_MASK_CELLS", 171 * 5)
     monkeypatch.setattr(rr, "_JACCARD_CELLS", 131 * 3)

@@ -44,6 +44,11 @@ _ROW_BLOCK = 512  # rows per block; memory is block x N float32
 # every later block. Set from 1,024 items rather than 512, it lets far fewer pairs through to be
 # merged (6,000 images at 2,048-d: the pass took 1.09 s with 512, 1.02 s with 1,024).
 _FIRST_BLOCK = 1024
+# Rows per GEMM call of the float32 pass. Each call runs on one BLAS thread and the calls of a block
+# are spread over the workers (harness.eval.threads): a GEMM whose BLAS threads meet at barriers took
+# twice as long with one busy process beside it (6,000 images: 0.49 s -> 0.99 s), slabs on Python
+# threads 1.5 times. The slabs do not depend on the thread count, so neither do the distances.
+_GEMM_ROWS = 256
 # Largest approximate distances kept per row, to certify the row maximum. 8 certified every row of
 # the benchmark's features (whose largest distances crowd together more than trained features'); 4
 # left 84 of 6,000 rows to the float32 fallback.
@@ -138,9 +143,20 @@ def euclidean_neighbours(
     far = torch.full((n, far_keep), -1, dtype=torch.int64, device=device)
     far_neg = torch.full((n, far_keep), float("inf"), dtype=torch.float32, device=device)  # -distance
     bounds = [0, *range(min(_FIRST_BLOCK, n), n, _ROW_BLOCK), n]
+    buffer = torch.empty((min(_FIRST_BLOCK, n) * n,), dtype=torch.float32, device=device)  # every block's d
     for start, stop in zip(bounds[:-1], bounds[1:]):
         if low is None or start < num_q:
-            d = squared_block(feats[start:stop], feats[start:], norms[start:stop], norms[start:])
+            d = buffer[: (stop - start) * (n - start)].view(stop - start, n - start)
+            workers.map(
+                lambda s, d=d, start=start, stop=stop: squared_block(
+                    feats[s : min(s + _GEMM_ROWS, stop)],
+                    feats[start:],
+                    norms[s : min(s + _GEMM_ROWS, stop)],
+                    norms[start:],
+                    out=d[s - start : min(s + _GEMM_ROWS, stop) - start],
+                ),
+                range(start, stop, _GEMM_ROWS),
+            )
         else:
             d = (
                 _low_gemm(low[start:stop], low[start:], gemm_threads)
@@ -184,9 +200,11 @@ def _low_gemm(a: torch.Tensor, b: torch.Tensor, threads: int) -> torch.Tensor:
         torch.set_num_threads(before)
 
 
-def squared_block(a: torch.Tensor, b: torch.Tensor, a_norm: torch.Tensor, b_norm: torch.Tensor) -> torch.Tensor:
+def squared_block(
+    a: torch.Tensor, b: torch.Tensor, a_norm: torch.Tensor, b_norm: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """Float32 squared distances from one GEMM: ``|a|^2 + |b|^2 - 2 a.b``, clamped at 0."""
-    return matmul_nt(a, b).mul_(-2.0).add_(a_norm[:, None]).add_(b_norm[None, :]).clamp_(min=0.0)
+    return matmul_nt(a, b, out=out).mul_(-2.0).add_(a_norm[:, None]).add_(b_norm[None, :]).clamp_(min=0.0)
 
 
 # -- the running lists -----------------------------------------------------------------------------

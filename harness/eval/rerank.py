@@ -227,23 +227,28 @@ class _FeatureSource:
 
 
 @contextmanager
-def _one_torch_thread(device: torch.device) -> Iterator[None]:
-    """torch's own kernels on one thread for the duration (CPU only); the caller's setting is restored.
+def _one_thread_per_kernel(device: torch.device) -> Iterator[None]:
+    """torch's kernels and numpy's BLAS on one thread each for the duration (CPU only); the caller's
+    settings are restored.
 
-    Beside the GEMMs (numpy's OpenBLAS, its own thread pool, untouched) re-ranking is thousands of
-    small gathers, sorts and scatters. Each of torch's OpenMP regions ends in a barrier, and when the
-    cores are shared with another busy process (a cluster node's data-loading workers) a thread that
-    waits at it for a descheduled sibling wastes its time slice: measured on this 2-core machine
-    under load, 2,000 images took 5.8 s with 2 torch threads and 0.7 s with one. The caller's thread
-    count is used instead for Python threads over independent pieces (:mod:`harness.eval.threads`).
+    Re-ranking is a GEMM and thousands of small gathers, sorts and scatters. Each of torch's OpenMP
+    regions, and each multi-threaded GEMM, ends in a barrier, and when the cores are shared with
+    another busy process (a cluster node's data-loading workers) a thread that waits at it for a
+    descheduled sibling wastes its time slice: measured on this 2-core machine under load, 2,000
+    images took 5.8 s with 2 torch threads and 0.7 s with one, and a 2-thread GEMM twice its quiet
+    time. The caller's thread count is used instead for Python threads over independent pieces
+    (:mod:`harness.eval.threads`), the GEMM's row slabs among them.
     """
     if device.type != "cpu":
         yield
         return
+    from threadpoolctl import threadpool_limits
+
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
     finally:
         torch.set_num_threads(before)
 
@@ -254,7 +259,7 @@ def _rerank(source, num_q: int, num_g: int, k1: int, k2: int, lam: float, device
     out_t = torch.from_numpy(out)
     threads = torch.get_num_threads()
     # the caller's torch threads, as Python threads for independent pieces (harness.eval.threads)
-    with torch.no_grad(), _one_torch_thread(device), Workers(threads if device.type == "cpu" else 1) as workers:
+    with torch.no_grad(), _one_thread_per_kernel(device), Workers(threads if device.type == "cpu" else 1) as workers:
         if isinstance(source, _FeatureSource) and source.metric == "euclidean":
             keep = (_KEEP_FLOAT32 if source.precision == "float32" else _KEEP) * (k1 + 1)
             found = euclidean_neighbours(source.feats, num_q, k1 + 1, keep, out_t, source.precision, threads, workers)

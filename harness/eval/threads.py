@@ -2,7 +2,7 @@
 
 Re-ranking is thousands of small torch gathers, sorts and scatters. OpenMP threads end each of
 those kernels at a barrier, and when the cores are shared with another busy process a thread that
-waits there for a descheduled sibling wastes its time slice (see ``rerank._one_torch_thread``). So
+waits there for a descheduled sibling wastes its time slice (see ``rerank._one_thread_per_kernel``). So
 each kernel runs on one torch thread, and *independent pieces of work* run side by side on Python
 threads instead: torch releases the GIL inside its kernels, and a descheduled thread delays only
 its own piece. Every piece writes its own part of the outputs, so a result does not depend on the

@@ -242,15 +242,21 @@ def _one_thread_per_kernel(device: torch.device) -> Iterator[None]:
     if device.type != "cpu":
         yield
         return
-    from threadpoolctl import threadpool_limits
-
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with threadpool_limits(limits=1, user_api="blas"):
+        with _blas_threads().limit(limits=1, user_api="blas"):
             yield
     finally:
         torch.set_num_threads(before)
+
+
+@functools.cache
+def _blas_threads():
+    """The BLAS libraries loaded in this process, found once (a search per call took 1-5 ms)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 def _rerank(source, num_q: int, num_g: int, k1: int, k2: int, lam: float, device: torch.device) -> np.ndarray:
@@ -390,7 +396,7 @@ def _k_reciprocal_weights(
             for s in range(*bounds, step)
         ]
 
-    parts = [part for spans in workers.map(span, workers.spans(n, align=step)) for part in spans]
+    parts = [part for spans in workers.map(span, workers.spans(n)) for part in spans]
     rows, cols = torch.cat([r for r, _ in parts]), torch.cat([c for _, c in parts])
     dist = _pair_squares(source, rows, cols, near, near_sq, workers) / row_max[rows]
     weight = torch.exp(-dist)

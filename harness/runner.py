@@ -62,13 +62,23 @@ def todo(spec: Spec, store: Store, *, executor: str, force: bool = False) -> tup
     """The cells to run, and the cells left alone: queued or running on SLURM, or held by another
     live run (its lease in the store; a forced run leaves those alone too)."""
     if executor != "slurm":
-        due = [c for c in spec.cells if force or not is_done(store, c)]
+        due = _retrained_views(spec.cells, [c for c in spec.cells if force or not is_done(store, c)])
         held = {c.id: holder(store, c) for c in due}
         busy = [CellStatus(c, "running", f"held by {held[c.id].describe()}") for c in due if held[c.id] is not None]
         return carry_views([c for c in due if held[c.id] is None], busy)
     current = cell_statuses(spec.cells, store)
     busy = [s for s in current if s.active]
-    return carry_views([s.cell for s in current if not s.active and (force or s.state != "done")], busy)
+    idle = [s.cell for s in current if not s.active]
+    due = [s.cell for s in current if not s.active and (force or s.state != "done")]
+    return carry_views(_retrained_views(idle, due), busy)
+
+
+def _retrained_views(listed: Sequence[Cell], due: list[Cell]) -> list[Cell]:
+    """``due`` and the listed views whose training cell is due: a view's rows must come from the
+    model its training cell has now, so when that cell trains again (``--force``, or after its rows
+    were lost) the view is evaluated again, even if it was done."""
+    due_ids = {c.id for c in due}
+    return due + [c for c in listed if c.id not in due_ids and (t := c.trainer()) is not None and t.id in due_ids]
 
 
 def carry_views(due: list[Cell], busy: list[CellStatus]) -> tuple[list[Cell], list[CellStatus]]:

@@ -111,6 +111,21 @@ def test_a_view_waits_while_another_run_holds_its_training_cell(tmp_path):
     assert "a view of cell" in next(s.detail for s in busy if s.cell.variant == "local-joint")
 
 
+def test_a_done_view_is_evaluated_again_when_its_training_cell_trains_again(tmp_path, monkeypatch):
+    """A view's rows must come from the model its training cell has now: when that cell is due again
+    (here its rows were lost), the views listed with it ride along even though they are done."""
+    spec = spec_of(tmp_path, ABLATION)
+    cells = by_variant(spec.cells)
+    store = Store(tmp_path / "store")
+    done = {c.id for c in spec.cells}
+    monkeypatch.setattr("harness.runner.is_done", lambda store, cell: cell.id in done)
+    assert todo(spec, store, executor="local") == ([], [])
+    done.discard(cells["full"].id)
+    due, busy = todo(spec, store, executor="local")
+    assert [c.variant for c in due] == ["full"] and not busy
+    assert sorted(v.variant for v in due[0].views) == ["global-joint", "two-streams-fused"]
+
+
 def test_carry_views_leaves_cells_without_views_as_they_are(tmp_path):
     spec = spec_of(tmp_path, ["baseline:bnneck", "dsa-reid:csa"])
     assert carry_views(list(spec.cells), []) == (list(spec.cells), [])

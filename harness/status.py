@@ -259,11 +259,15 @@ def _alive(pid: int | None) -> bool:
 
 
 def log_files(store: Store, cell_id: str) -> list[Path]:
-    """Every log file of a cell: the SLURM task logs of its job, or the local launcher's logs."""
+    """Every log file of a cell: the SLURM task logs of its job, or the local launcher's logs; for a
+    view that its training cell's run evaluated (``logs_of`` in its state), that run's."""
+    state = store.read_state(cell_id) or {}
+    if state.get("logs_of"):
+        cell_id = state["logs_of"]
+        state = store.read_state(cell_id) or {}
     record = manifest.read(store, cell_id) or {}
     if record.get("executor") == "slurm" and record.get("folder"):
         return sorted(Path(record["folder"]).glob(f"{record['job_id']}_*_log.*"))
-    state = store.read_state(cell_id) or {}
     folder = Path(state["log_dir"]) if state.get("log_dir") else store.cell_dir(cell_id) / "logs"
     return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
 

@@ -12,7 +12,7 @@ from harness import lease
 from harness.engine.cell import evaluates_only, model_source
 from harness.runner import carry_views, todo, with_views
 from harness.spec import load_spec
-from harness.status import cell_statuses
+from harness.status import cell_statuses, log_files
 from harness.store import Store
 from methods import create_model, method_cues, method_names, method_variants, register_method, trained_variant
 from tests.helpers import cache_env, reidbench, write_spec
@@ -126,6 +126,20 @@ def test_a_done_view_is_evaluated_again_when_its_training_cell_trains_again(tmp_
     assert sorted(v.variant for v in due[0].views) == ["global-joint", "two-streams-fused"]
 
 
+def test_a_view_that_failed_in_its_training_cells_run_shows_that_runs_logs(tmp_path):
+    spec = spec_of(tmp_path, ["dsa-reid:full", "dsa-reid:local-joint"])
+    cells = by_variant(spec.cells)
+    store = Store(tmp_path / "store")
+    logs = store.cell_dir(cells["full"].id) / "logs" / "attempt-1"
+    logs.mkdir(parents=True)
+    (logs / "rank0.log").write_text("a view failed here\n")
+    store.write_state(cells["full"].id, "done")
+    store.write_state(cells["local-joint"].id, "failed", reason="boom", logs_of=cells["full"].id)
+    assert log_files(store, cells["local-joint"].id) == [logs / "rank0.log"]
+    store.write_state(cells["local-joint"].id, "failed", reason="boom")  # failed in a run of its own
+    assert log_files(store, cells["local-joint"].id) == []
+
+
 def test_carry_views_leaves_cells_without_views_as_they_are(tmp_path):
     spec = spec_of(tmp_path, ["baseline:bnneck", "dsa-reid:csa"])
     assert carry_views(list(spec.cells), []) == (list(spec.cells), [])
@@ -158,6 +172,7 @@ def test_full_and_its_views_train_once_and_a_view_alone_measures_the_same_from_t
         assert all(r["iterations"] == 6 and r["variant"] == view for r in mine[view])
         assert not store.has_model(cells[view].id)  # one kept model: full's
         assert (store.read_state(cells[view].id) or {}).get("trained_by") == cells["full"].id
+        assert log_files(store, cells[view].id) == log_files(store, cells["full"].id) != []  # full's run's logs
     assert "trained_by" not in json.loads(mine["full"][0]["config"])
     # Inference on [zG, zL] (two-streams-fused) is another embedding than full's [fG, fL].
     assert mine["two-streams-fused"][0]["mAP"] != mine["full"][0]["mAP"]
@@ -175,6 +190,8 @@ def test_full_and_its_views_train_once_and_a_view_alone_measures_the_same_from_t
         (r for r in store.read().rows if r["cell_id"] == cells["two-streams-fused"].id), key=lambda r: r["rerank"]
     )
     assert rerun[0]["run_id"] != mine["two-streams-fused"][0]["run_id"]
+    own = log_files(store, cells["two-streams-fused"].id)  # its own run now: its own logs
+    assert own and not set(own) & set(log_files(store, cells["full"].id))
     for first, second in zip(mine["two-streams-fused"], rerun):
         assert second["mAP"] == pytest.approx(first["mAP"], abs=1e-6)
         assert second["rank1"] == pytest.approx(first["rank1"], abs=1e-6)

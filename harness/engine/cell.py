@@ -517,19 +517,20 @@ def _evaluate_view(view: Cell, done: _Model, job: _Job, owner: str) -> None:
             model, done.model.state_dict(), f"the model of cell {done.cell.id}", f"{view.method}:{view.variant}"
         )
         log(f"a view of cell {done.cell.id} ({done.cell.variant}): its trained model, inferred as {view.variant}")
-        _evaluate_as(view, dataclasses.replace(done, model=model.eval()), job, log)
+        _evaluate_as(view, dataclasses.replace(done, model=model.eval()), job, log, logs_of=done.cell.id)
     except Exception as err:
         trace = "".join(traceback.format_exception(err))
-        _record_failure(job.store, view, job.env.rank, job.run_id, _reason(err), trace)
+        _record_failure(job.store, view, job.env.rank, job.run_id, _reason(err), trace, logs_of=done.cell.id)
         log(f"failed: {_reason(err)}; cell {done.cell.id}'s own rows are published")
     finally:
         if held is not None:
             held.release()
 
 
-def _evaluate_as(cell: Cell, done: _Model, job: _Job, log) -> _Model:
+def _evaluate_as(cell: Cell, done: _Model, job: _Job, log, logs_of: str | None = None) -> _Model:
     """`done`'s model evaluated as `cell` (itself, or a view of its cell) on the cell's test sets;
-    its rows published. A view's rows name the cell that trained the model (`trained_by`)."""
+    its rows published. A view's rows name the cell that trained the model (`trained_by`); a view
+    carried by that cell's run names it as the cell whose logs hold its own (`logs_of`)."""
     store, env = job.store, job.env
     model = done.model.to(env.device)
     roots = {name: dataset_root(cell.dataset(name), cell.synthetic) for name in cell.test_datasets}
@@ -568,6 +569,7 @@ def _evaluate_as(cell: Cell, done: _Model, job: _Job, log) -> _Model:
             model_kept=not view,
             evaluated=list(cell.test_datasets),
             **({"trained_by": done.cell.id} if view else {}),
+            **({"logs_of": logs_of} if logs_of else {}),
         )
     return dataclasses.replace(done, point=done.point + 5 * len(cell.test_datasets))
 
@@ -702,11 +704,19 @@ def _timed_out(
 
 
 def _record_failure(
-    store: Store, cell: Cell, rank: int, attempt: str, reason: str, trace: str, state: str = "failed"
+    store: Store,
+    cell: Cell,
+    rank: int,
+    attempt: str,
+    reason: str,
+    trace: str,
+    state: str = "failed",
+    logs_of: str | None = None,
 ) -> None:
     """The first rank to fail in an attempt records why; later ranks usually fail as a consequence.
     An interrupt is recorded as such (state "interrupted"): Ctrl-C, or the launcher gone (killed),
-    whose workers then get SIGINT."""
+    whose workers then get SIGINT. ``logs_of``: the cell whose run (and logs) this was, for a view
+    that its training cell's run evaluated."""
     current = store.read_state(cell.id) or {}
     if current.get("state") in ("failed", "interrupted") and current.get("attempt") == attempt:
         return
@@ -718,6 +728,7 @@ def _record_failure(
         attempt=attempt,
         failed_at=provenance.now(),
         traceback=_shortened(trace),
+        **({"logs_of": logs_of} if logs_of else {}),
     )
 
 

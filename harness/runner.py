@@ -62,7 +62,7 @@ def todo(spec: Spec, store: Store, *, executor: str, force: bool = False) -> tup
     """The cells to run, and the cells left alone: queued or running on SLURM, or held by another
     live run (its lease in the store; a forced run leaves those alone too)."""
     if executor != "slurm":
-        due = _retrained_views(spec.cells, [c for c in spec.cells if force or not is_done(store, c)])
+        due = _retrained_views(spec.cells, [c for c in spec.cells if force or not is_done(store, c)], store)
         held = {c.id: holder(store, c) for c in due}
         busy = [CellStatus(c, "running", f"held by {held[c.id].describe()}") for c in due if held[c.id] is not None]
         return carry_views([c for c in due if held[c.id] is None], busy)
@@ -70,15 +70,17 @@ def todo(spec: Spec, store: Store, *, executor: str, force: bool = False) -> tup
     busy = [s for s in current if s.active]
     idle = [s.cell for s in current if not s.active]
     due = [s.cell for s in current if not s.active and (force or s.state != "done")]
-    return carry_views(_retrained_views(idle, due), busy)
+    return carry_views(_retrained_views(idle, due, store), busy)
 
 
-def _retrained_views(listed: Sequence[Cell], due: list[Cell]) -> list[Cell]:
-    """``due`` and the listed views whose training cell is due: a view's rows must come from the
-    model its training cell has now, so when that cell trains again (``--force``, or after its rows
-    were lost) the view is evaluated again, even if it was done."""
+def _retrained_views(listed: Sequence[Cell], due: list[Cell], store: Store) -> list[Cell]:
+    """``due`` and the listed views whose training cell is due to train: a view's rows must come from
+    the model its training cell has, so when that cell trains again (its rows and kept model lost, or
+    ``--force``) the view is evaluated again, even if it was done. A training cell that only
+    evaluates its kept model (a new test set) leaves its done views alone: their model is unchanged."""
+    retrained = {c.id for c in due if not evaluates_only(store, c)}
     due_ids = {c.id for c in due}
-    return due + [c for c in listed if c.id not in due_ids and (t := c.trainer()) is not None and t.id in due_ids]
+    return due + [c for c in listed if c.id not in due_ids and (t := c.trainer()) is not None and t.id in retrained]
 
 
 def carry_views(due: list[Cell], busy: list[CellStatus]) -> tuple[list[Cell], list[CellStatus]]:

@@ -112,8 +112,8 @@ def test_a_view_waits_while_another_run_holds_its_training_cell(tmp_path):
 
 
 def test_a_done_view_is_evaluated_again_when_its_training_cell_trains_again(tmp_path, monkeypatch):
-    """A view's rows must come from the model its training cell has now: when that cell is due again
-    (here its rows were lost), the views listed with it ride along even though they are done."""
+    """A view's rows must come from the model its training cell has now: when that cell trains again
+    (here its rows and model were lost), the views listed with it ride along even though they are done."""
     spec = spec_of(tmp_path, ABLATION)
     cells = by_variant(spec.cells)
     store = Store(tmp_path / "store")
@@ -124,6 +124,12 @@ def test_a_done_view_is_evaluated_again_when_its_training_cell_trains_again(tmp_
     due, busy = todo(spec, store, executor="local")
     assert [c.variant for c in due] == ["full"] and not busy
     assert sorted(v.variant for v in due[0].views) == ["global-joint", "two-streams-fused"]
+    # With its model kept, full only evaluates it (a new test set, say): the views' model is unchanged.
+    store.model_path(cells["full"].id).parent.mkdir(parents=True)
+    store.model_path(cells["full"].id).write_bytes(b"weights")
+    store.model_info_path(cells["full"].id).write_text("{}")
+    due, _ = todo(spec, store, executor="local")
+    assert [c.variant for c in due] == ["full"] and not due[0].views
 
 
 def test_a_view_that_failed_in_its_training_cells_run_shows_that_runs_logs(tmp_path):

@@ -133,7 +133,7 @@ def euclidean_neighbours(
     """The exact neighbours (see the module docstring); writes the query rows' float32 squared
     distances to the gallery, divided by their exact row maximum, into ``out`` (Nq x Ng, CPU).
     ``gemm_threads``: torch threads for the bfloat16 GEMM (0: leave torch's setting alone);
-    ``workers``: threads for the independent pieces (each block's two lists, the re-scoring)."""
+    ``workers``: threads for the independent pieces (GEMM slabs, each block's list folds, the re-scoring)."""
     n, device = feats.shape[0], feats.device
     keep, far_keep, k = min(keep, n), min(_FAR, n), min(k, n)
     norms = torch.empty(n, dtype=torch.float32, device=device)
@@ -193,7 +193,9 @@ def _float32_block(
     A slab's GEMM covers only the items from its own first row on; its part left of that (pairs
     within the block, below the diagonal) is then copied from the earlier slabs, transposed: at
     2,000 images a third of the pass's GEMM work was such repeated pairs. Either value of a pair is
-    within the error bound, and which one fills a place does not depend on the thread count.
+    within the error bound, and which one fills a place does not depend on the thread count. The
+    query rows' gallery columns, which ``out`` takes as they are, always lie right of the diagonal:
+    they are the GEMM's own values.
     """
 
     def gemm(s: int) -> None:
